@@ -1,0 +1,4 @@
+from wsi_saliency.cli import main
+
+if __name__ == "__main__":
+    main()
