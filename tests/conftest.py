@@ -1,0 +1,30 @@
+"""Shared fixtures. Real data lives in ../shared/data beside the project and is never copied."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("WSI_SALIENCY_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` (real PCam patches, CMU-1-Small-Region.svs, Camelyon16 polygons)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA} (set WSI_SALIENCY_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def cmu_slide(shared_data: Path) -> Path:
+    path = shared_data / "slides" / "CMU-1-Small-Region.svs"
+    if not path.is_file():
+        pytest.skip(f"{path} is missing")
+    return path

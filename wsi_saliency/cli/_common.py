@@ -1,0 +1,53 @@
+"""Shared CLI plumbing: the --debug switch and turning known errors into one line."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import typer
+
+from wsi_saliency.errors import WsiSaliencyError
+
+
+@dataclass
+class _State:
+    debug: bool = False
+
+
+STATE = _State()
+
+
+@contextlib.contextmanager
+def cli_errors() -> Iterator[None]:
+    """Turn a ``WsiSaliencyError`` into ``error: <message>`` on stderr and its exit code.
+
+    With ``--debug`` the exception propagates with its traceback. KeyboardInterrupt exits 130.
+    """
+    try:
+        yield
+    except WsiSaliencyError as exc:
+        if STATE.debug:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        if STATE.debug:
+            raise
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130) from None
+
+
+def quiet_tensorflow() -> None:
+    """Silence TensorFlow's C++ start-up chatter unless the user asked for --debug."""
+    import os
+
+    if not STATE.debug:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+def echo_err(message: str) -> None:
+    print(message, file=sys.stderr)
