@@ -1,0 +1,122 @@
+"""Model build, the self-describing model file, and Grad-CAM against a one-image reference."""
+
+import zipfile
+
+import numpy as np
+import pytest
+
+from wsi_saliency.config import ModelConfig
+from wsi_saliency.errors import InputError, ModelError
+from wsi_saliency.model.build import build_model, set_trainable, backbone_layers
+from wsi_saliency.model.gradcam import GradCam, gradcam_reference
+from wsi_saliency.model.io import CARD_NAME, ModelCard, load_model, read_card, save_model
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return build_model(ModelConfig(backbone="tiny", weights="none"))
+
+
+def _card(**kw):
+    base = dict(backbone="tiny", patch_size=96, patch_mpp=0.972,
+                gradcam_layer="tiny_stage4_out", preprocess="unit", seed=3)
+    return ModelCard(**{**base, **kw})
+
+
+def _patches(n=6, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, 96, 96, 3)).astype(np.uint8)
+
+
+def test_model_takes_raw_pixels_and_outputs_probabilities(tiny):
+    p = np.asarray(tiny.predict_on_batch(_patches().astype("float32")))
+    assert p.shape == (6, 1) and np.all((p >= 0) & (p <= 1))
+    assert tiny.get_layer("logit").dtype == "float32"
+
+
+def test_backbone_layers_are_reachable_for_gradcam():
+    model = build_model(ModelConfig(backbone="resnet50", weights="none"))
+    assert model.get_layer("conv5_block3_out").output.shape[1:3] == (3, 3)
+    assert model.count_params() > 23_000_000
+
+
+def test_save_reload_keeps_predictions_and_card(tiny, tmp_path):
+    x = _patches().astype("float32")
+    before = np.asarray(tiny.predict_on_batch(x))
+    path = save_model(tiny, _card(metrics={"auc": 0.97}), tmp_path / "m" / "model.keras")
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temp left
+    model, card = load_model(path)
+    np.testing.assert_allclose(np.asarray(model.predict_on_batch(x)), before, atol=1e-6)
+    assert card.patch_mpp == 0.972 and card.gradcam_layer == "tiny_stage4_out"
+    assert card.metrics["auc"] == 0.97 and card.class_names == ("normal", "metastasis")
+    assert read_card(path) == card
+
+
+def test_model_file_errors(tmp_path, tiny):
+    with pytest.raises(ModelError, match="does not exist"):
+        read_card(tmp_path / "nope.keras")
+    junk = tmp_path / "junk.keras"
+    junk.write_text("not a zip")
+    with pytest.raises(ModelError, match="not a .keras archive"):
+        read_card(junk)
+    plain = tmp_path / "plain.keras"
+    tiny.save(plain)
+    with pytest.raises(ModelError, match="no wsi-saliency metadata"):
+        load_model(plain)
+    with zipfile.ZipFile(plain) as zf:
+        assert CARD_NAME not in zf.namelist()
+
+
+def test_offline_imagenet_names_the_alternatives(monkeypatch):
+    import keras
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- offline")
+
+    monkeypatch.setattr(keras.applications, "ResNet50", offline)
+    with pytest.raises(InputError) as info:
+        build_model(ModelConfig(backbone="resnet50", weights="imagenet"))
+    assert "--weights none" in str(info.value) and "--weights FILE" in str(info.value)
+
+
+def test_missing_weights_file_and_bad_gradcam_layer(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        build_model(ModelConfig(backbone="mobilenetv2", weights=str(tmp_path / "w.h5")))
+    with pytest.raises(InputError, match="not a layer"):
+        build_model(ModelConfig(backbone="tiny", weights="none", gradcam_layer="conv9"))
+
+
+def test_set_trainable_freezes_backbone_and_batchnorm():
+    model = build_model(ModelConfig(backbone="tiny", weights="none"))
+    assert set_trainable(model, backbone_from=None) == 0
+    assert model.get_layer("logit").trainable
+    n_stage4 = set_trainable(model, backbone_from="tiny_stage4")
+    assert n_stage4 == 3  # proj, conv1, conv2 (batchnorm stays frozen)
+    assert not model.get_layer("tiny_stage4_bn1").trainable
+    assert not model.get_layer("tiny_stage3_conv1").trainable
+    n_all = set_trainable(model, backbone_from="all", freeze_batchnorm=False)
+    assert n_all == sum(1 for layer in backbone_layers(model) if layer.weights)
+    with pytest.raises(InputError, match="matches no layer"):
+        set_trainable(model, backbone_from="conv4")
+
+
+def test_batched_gradcam_equals_one_image_reference(tiny):
+    # Give the random head a non-trivial gradient so the maps are not all zero.
+    x = _patches(5, seed=1)
+    gc = GradCam(tiny, "tiny_stage4_out")
+    prob, cam = gc(x)
+    assert cam.shape == (5, 12, 12) and gc.map_shape == (12, 12)
+    np.testing.assert_allclose(prob, np.asarray(tiny.predict_on_batch(x.astype("float32"))).ravel(),
+                               atol=1e-5)
+    for i in range(5):
+        p_ref, cam_ref = gradcam_reference(tiny, "tiny_stage4_out", x[i])
+        assert prob[i] == pytest.approx(p_ref, abs=1e-5)
+        scale = max(float(cam_ref.max()), 1e-12)
+        np.testing.assert_allclose(cam[i], cam_ref, atol=1e-4 * scale + 1e-9)
+    # Batch composition does not change a patch's map (no cross-patch normalisation).
+    _, cam_alone = gc(x[2:3])
+    np.testing.assert_allclose(cam_alone[0], cam[2], rtol=1e-4, atol=1e-9)
+
+
+def test_gradcam_unknown_layer(tiny):
+    with pytest.raises(ModelError, match="Grad-CAM layer"):
+        GradCam(tiny, "conv5_block3_out")

@@ -1,0 +1,91 @@
+"""What differs between Keras backends and machines: devices, precision, threads.
+
+Everything else in the package is written with ``keras`` and ``keras.ops``. The backend is
+chosen by ``KERAS_BACKEND`` before Keras is imported; TensorFlow is the default.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from wsi_saliency.errors import InputError
+
+
+def backend_name() -> str:
+    import keras
+
+    return keras.backend.backend()
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    backend: str
+    backend_version: str
+    gpus: tuple[str, ...]
+
+    @property
+    def has_gpu(self) -> bool:
+        return bool(self.gpus)
+
+    def describe(self) -> str:
+        devices = ", ".join(self.gpus) if self.gpus else "CPU only"
+        return f"backend {self.backend} {self.backend_version}; devices: {devices}"
+
+
+def device_info() -> DeviceInfo:
+    """The backend, its version and the GPUs it can see."""
+    name = backend_name()
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tuple(d.name for d in tf.config.list_physical_devices("GPU"))
+        return DeviceInfo(name, tf.__version__, gpus)
+    if name == "jax":
+        import jax
+
+        gpus = tuple(str(d) for d in jax.devices() if d.platform == "gpu")
+        return DeviceInfo(name, jax.__version__, gpus)
+    if name == "torch":
+        import torch
+
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        gpus = tuple(torch.cuda.get_device_name(i) for i in range(n))
+        return DeviceInfo(name, torch.__version__, gpus)
+    return DeviceInfo(name, "?", ())
+
+
+def configure_precision(mode: str, *, device: DeviceInfo | None = None) -> str:
+    """Set Keras' global dtype policy: ``auto`` uses mixed precision only on a GPU.
+
+    Returns the policy name. ``on`` without a GPU is refused: mixed float16 is slow on CPUs.
+    """
+    import keras
+
+    device = device or device_info()
+    if mode == "on" and not device.has_gpu:
+        raise InputError(
+            "mixed precision was requested but no GPU is visible "
+            f"({device.describe()}): use mixed_precision=auto or off"
+        )
+    policy = "mixed_float16" if (mode == "on" or (mode == "auto" and device.has_gpu)) else "float32"
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
+def jit_flag(mode: str):
+    return {"auto": "auto", "on": True, "off": False}[mode]
+
+
+def require_gpu(device: DeviceInfo | None = None) -> DeviceInfo:
+    device = device or device_info()
+    if not device.has_gpu:
+        raise InputError(
+            f"a GPU was requested but none is visible ({device.describe()}); install the GPU "
+            "build (pip install 'wsi-saliency[gpu]') or drop --gpu"
+        )
+    return device
+
+
+def quiet() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -1,0 +1,418 @@
+"""Train the patch classifier on PCam-format data: two phases, logs, best model, resume.
+
+Run folder layout (``out``):
+- ``model.keras``          best model by valid AUC, with its card (see ``model.io``)
+- ``config.yaml``          the resolved config
+- ``metrics.json``         final metrics of the best model on the valid split
+- ``run.json``             versions, devices, seed, data, timings, phases
+- ``logs/history.csv``     one row per epoch: loss, accuracy, AUC on train and valid, lr
+- ``logs/tensorboard/``    TensorBoard event files
+- ``checkpoints/last.keras`` + ``checkpoints/state.json``: what ``resume`` continues from
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsi_saliency.config import AugmentConfig, RunConfig, dump_yaml
+from wsi_saliency.errors import InputError
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+# ---------------------------------------------------------------- input pipeline
+
+
+def prefetch(iterator: Iterator, size: int = 4) -> Iterator:
+    """Run ``iterator`` in a background thread, ``size`` items ahead (HDF5 reads and
+    decompression overlap with the training step). Errors are re-raised in the consumer."""
+    q: queue.Queue = queue.Queue(maxsize=size)
+    stop = threading.Event()
+    done = object()
+
+    def work() -> None:
+        try:
+            for item in iterator:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            q.put(exc)
+
+    thread = threading.Thread(target=work, daemon=True, name="wsi-saliency-prefetch")
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+def epoch_batches(split, batch_size: int, *, shuffle: bool, seed: int, buffer_chunks: int,
+                  first_epoch: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Endless batches, epoch after epoch: ``(x float32 [B,P,P,3] in [0,255], y float32 [B,1])``.
+
+    Training batches are shuffled by chunk and within a buffer, reshuffled every epoch;
+    validation batches come in file order, the last batch of each pass partial, so
+    ``ceil(n / batch_size)`` steps are exactly one pass.
+    """
+    epoch = first_epoch
+    while True:
+        for x, y in split.iter_batches(
+            batch_size, shuffle=shuffle, seed=seed, epoch=epoch, buffer_chunks=buffer_chunks,
+            drop_remainder=shuffle,
+        ):
+            yield x.astype(np.float32), y.astype(np.float32).reshape(-1, 1)
+        epoch += 1
+
+
+def make_augmenter(cfg: AugmentConfig, seed: int):
+    """The study's augmentation as Keras preprocessing layers (active only when training):
+    rotation, zoom, horizontal/vertical flips, translation; optional colour jitter."""
+    import keras
+    from keras import layers
+
+    steps: list = []
+    if cfg.flip_horizontal or cfg.flip_vertical:
+        mode = {
+            (True, True): "horizontal_and_vertical",
+            (True, False): "horizontal",
+            (False, True): "vertical",
+        }[(cfg.flip_horizontal, cfg.flip_vertical)]
+        steps.append(layers.RandomFlip(mode, seed=seed, name="aug_flip"))
+    if cfg.rotation_deg:
+        steps.append(layers.RandomRotation(cfg.rotation_deg / 360.0, fill_mode=cfg.fill_mode,
+                                           seed=seed + 1, name="aug_rotation"))
+    if cfg.zoom:
+        steps.append(layers.RandomZoom((-cfg.zoom, cfg.zoom), fill_mode=cfg.fill_mode,
+                                       seed=seed + 2, name="aug_zoom"))
+    if cfg.translate:
+        steps.append(layers.RandomTranslation(cfg.translate, cfg.translate,
+                                              fill_mode=cfg.fill_mode, seed=seed + 3,
+                                              name="aug_translation"))
+    if cfg.color_jitter:
+        s = cfg.color_jitter
+        steps.append(layers.RandomColorJitter(
+            value_range=(0, 255), brightness_factor=0.25 * s, contrast_factor=0.5 * s,
+            saturation_factor=(max(0.0, 0.5 - 0.4 * s), 0.5 + 0.4 * s), hue_factor=0.1 * s,
+            seed=seed + 4, name="aug_color"))
+    return keras.Sequential(steps, name="augment")
+
+
+# ---------------------------------------------------------------- phases
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str  # head | finetune | full
+    backbone_from: str | None  # see model.build.set_trainable
+    lr: float
+    epochs: int
+
+
+def plan_phases(cfg: RunConfig) -> list[Phase]:
+    """Head then fine-tuning with pretrained weights; one 'full' phase when training from scratch
+    (freezing a random backbone would teach the head nothing)."""
+    from wsi_saliency.model.build import BACKBONE_SPECS
+
+    t = cfg.train
+    if cfg.model.weights.lower() == "none":
+        return [Phase("full", "all", t.head_lr, t.head_epochs + t.finetune_epochs)]
+    finetune_from = t.finetune_from or BACKBONE_SPECS[cfg.model.backbone].finetune_from
+    phases = []
+    if t.head_epochs:
+        phases.append(Phase("head", None, t.head_lr, t.head_epochs))
+    if t.finetune_epochs:
+        phases.append(Phase("finetune", finetune_from, t.finetune_lr, t.finetune_epochs))
+    return phases
+
+
+# ---------------------------------------------------------------- result
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    model_path: Path
+    best_epoch: int
+    best_valid_auc: float
+    metrics: dict[str, Any]
+    history: list[dict[str, float]] = field(default_factory=list)
+    wall_s: float = 0.0
+    resumed_from_epoch: int = 0
+
+
+def _read_state(out: Path) -> dict[str, Any] | None:
+    path = out / CHECKPOINT_DIR / "state.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def _atomic_save_keras(obj, path: Path) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    obj.save(tmp)
+    os.replace(tmp, path)
+
+
+def _card(cfg: RunConfig, metrics: dict[str, Any]):
+    from wsi_saliency.model.build import BACKBONE_SPECS, LOGIT_LAYER, gradcam_layer_name
+    from wsi_saliency.model.io import ModelCard, software_versions
+
+    return ModelCard(
+        backbone=cfg.model.backbone,
+        patch_size=cfg.model.patch_size,
+        patch_mpp=cfg.model.patch_mpp,
+        gradcam_layer=gradcam_layer_name(cfg.model),
+        preprocess=BACKBONE_SPECS[cfg.model.backbone].preprocess,
+        logit_layer=LOGIT_LAYER,
+        config=cfg.to_dict(),
+        metrics=metrics,
+        seed=cfg.train.seed,
+        versions=software_versions(),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def check_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix a new run into an old one before any work is done."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output {out} exists and is not a folder: choose another --out")
+    state = _read_state(out) if out.is_dir() else None
+    finished = (out / "model.keras").is_file() and (out / "metrics.json").is_file()
+    if out.is_dir() and any(out.iterdir()) and not (resume or overwrite):
+        what = "a finished run" if finished else "an unfinished run"
+        raise InputError(
+            f"output folder {out} already holds {what}: pass --resume to continue it, "
+            "--overwrite to start again, or another --out"
+        )
+    if resume and state is None and out.is_dir() and any(out.iterdir()) and not finished:
+        raise InputError(f"--resume: {out} has no checkpoint to resume from; use --overwrite")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise InputError(f"cannot write to output folder {out} ({exc.strerror})") from None
+
+
+def train(
+    cfg: RunConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train on ``cfg.data.path`` and write the run folder ``out`` (see module docstring).
+
+    With ``resume`` the run continues from ``out/checkpoints`` (weights, optimizer state,
+    epoch, phase and best valid AUC) after an interruption.
+    """
+    import keras
+
+    from wsi_saliency.backend import configure_precision, device_info, jit_flag
+    from wsi_saliency.data.folders import ensure_pcam
+    from wsi_saliency.data.pcam import open_pcam
+    from wsi_saliency.evaluation import evaluate_split
+    from wsi_saliency.model.build import build_model, set_trainable
+
+    out = Path(out)
+    t0 = time.perf_counter()
+    state = _read_state(out) if resume else None
+    if resume and state and state.get("finished"):
+        log(f"{out}: this run is already finished; nothing to resume")
+    device = device_info()
+    policy = configure_precision(cfg.train.mixed_precision, device=device)
+    keras.utils.set_random_seed(cfg.train.seed)
+    log(f"{device.describe()}; dtype policy {policy}")
+
+    data_dir = ensure_pcam(cfg.data.path, cache_dir=cfg.data.cache_dir)
+    train_split = open_pcam(data_dir, cfg.data.train_split)
+    valid_split = open_pcam(data_dir, cfg.data.valid_split)
+    log(f"data {data_dir}: {train_split.n} train / {valid_split.n} valid patches")
+    bs = cfg.data.batch_size
+    if train_split.n < bs:
+        raise InputError(
+            f"the train split of {cfg.data.path} has {train_split.n} patches, fewer than "
+            f"data.batch_size={bs}: lower the batch size"
+        )
+    steps = cfg.train.steps_per_epoch or train_split.n // bs
+    valid_steps = cfg.train.validation_steps or -(-valid_split.n // bs)
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "logs").mkdir(exist_ok=True)
+    (out / CHECKPOINT_DIR).mkdir(exist_ok=True)
+    (out / "config.yaml").write_text(dump_yaml(cfg))
+
+    phases = plan_phases(cfg)
+    start_epoch = 0
+    best = {"auc": -1.0, "epoch": -1}
+    wrapper = None
+    if state and not state.get("finished"):
+        start_epoch = int(state["epoch"])
+        best = {"auc": float(state["best_auc"]), "epoch": int(state["best_epoch"])}
+        wrapper = keras.saving.load_model(out / CHECKPOINT_DIR / "last.keras", safe_mode=True)
+        log(f"resuming {out} after epoch {start_epoch} (best valid AUC {best['auc']:.4f})")
+
+    if wrapper is None:
+        model = build_model(cfg.model)
+        augment = make_augmenter(cfg.augment, cfg.train.seed)
+        inputs = keras.Input((cfg.model.patch_size,) * 2 + (3,), name="patch_rgb")
+        wrapper = keras.Model(inputs, model(augment(inputs)), name="train_wrapper")
+    model = wrapper.layers[-1]
+
+    history: list[dict[str, float]] = []
+    if (out / "logs" / "history.csv").is_file() and start_epoch:
+        history = _read_history(out / "logs" / "history.csv")[:start_epoch]
+    epoch_base = 0
+    stopped_early = False
+    for index, phase in enumerate(phases):
+        phase_end = epoch_base + phase.epochs
+        if start_epoch >= phase_end or stopped_early:
+            epoch_base = phase_end
+            continue
+        resumed_here = state is not None and start_epoch > epoch_base
+        if not resumed_here:
+            n_train = set_trainable(model, backbone_from=phase.backbone_from,
+                                    freeze_batchnorm=cfg.train.freeze_batchnorm)
+            wrapper.compile(
+                optimizer=keras.optimizers.Adam(phase.lr),
+                loss=keras.losses.BinaryCrossentropy(),
+                metrics=[keras.metrics.BinaryAccuracy(name="accuracy"),
+                         keras.metrics.AUC(name="auc", num_thresholds=500)],
+                jit_compile=jit_flag(cfg.train.jit_compile),
+            )
+            log(f"phase {index + 1}/{len(phases)} '{phase.name}': {phase.epochs} epochs at "
+                f"lr {phase.lr:g}, {n_train} trainable backbone layers")
+        first = max(start_epoch, epoch_base)
+        callbacks = _callbacks(cfg, out, phase, phase_end, best, history, index, wrapper, model)
+        train_batches = prefetch(epoch_batches(
+            train_split, bs, shuffle=True, seed=cfg.train.seed,
+            buffer_chunks=cfg.data.shuffle_buffer_chunks, first_epoch=first))
+        valid_batches = prefetch(epoch_batches(
+            valid_split, bs, shuffle=False, seed=0, buffer_chunks=1))
+        fit = wrapper.fit(
+            train_batches, steps_per_epoch=steps, epochs=phase_end, initial_epoch=first,
+            validation_data=valid_batches, validation_steps=valid_steps,
+            callbacks=callbacks, verbose=cfg.train.verbose,
+        )
+        train_batches.close()
+        valid_batches.close()
+        ran = len(fit.history.get("loss", []))
+        stopped_early = first + ran < phase_end
+        if stopped_early:
+            log(f"early stopping after epoch {first + ran}: valid AUC did not improve for "
+                f"{cfg.train.early_stopping_patience} epochs")
+        epoch_base = phase_end
+
+    if best["epoch"] < 0:
+        raise InputError(f"{out}: no epoch finished, so there is no model to keep")
+    # Final, exact metrics of the kept (best) model on the whole valid split.
+    from wsi_saliency.model.io import load_model, save_model
+
+    best_model, _ = load_model(out / "model.keras")
+    metrics = evaluate_split(best_model, valid_split, batch_size=bs).metrics
+    metrics["best_epoch"] = best["epoch"] + 1
+    wall = time.perf_counter() - t0
+    save_model(best_model, _card(cfg, {**metrics, "split": cfg.data.valid_split}), out / "model.keras")
+    _write_json_atomic(out / "metrics.json", {"split": cfg.data.valid_split, **metrics})
+    _write_json_atomic(out / "run.json", {
+        "data": str(cfg.data.path), "data_hdf5": str(data_dir),
+        "n_train": train_split.n, "n_valid": valid_split.n,
+        "phases": [p.__dict__ for p in phases], "epochs_run": len(history),
+        "steps_per_epoch": steps, "batch_size": bs, "seed": cfg.train.seed,
+        "dtype_policy": policy, "devices": device.describe(), "wall_s": round(wall, 1),
+        "resumed_from_epoch": start_epoch, "versions": _card(cfg, {}).versions,
+    })
+    state_path = out / CHECKPOINT_DIR / "state.json"
+    state_now = _read_state(out) or {}
+    _write_json_atomic(state_path, {**state_now, "finished": True})
+    train_split.close()
+    valid_split.close()
+    return TrainResult(out, out / "model.keras", best["epoch"] + 1, float(metrics["auc"]),
+                       metrics, history, wall, start_epoch)
+
+
+def _read_history(path: Path) -> list[dict[str, float]]:
+    import csv
+
+    with path.open() as f:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)}
+                for row in csv.DictReader(f)]
+
+
+def _callbacks(cfg, out, phase, phase_end, best, history, phase_index, wrapper, model):
+    import keras
+
+    class KeepBest(keras.callbacks.Callback):
+        """Save the inner model (with its card) whenever valid AUC improves, and a resumable
+        checkpoint of the whole training state after every epoch."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = dict(logs or {})
+            logs["lr"] = float(keras.ops.convert_to_numpy(wrapper.optimizer.learning_rate))
+            history.append({"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}})
+            auc = float(logs.get("val_auc", -1.0))
+            if auc > best["auc"]:
+                best.update(auc=auc, epoch=epoch)
+                from wsi_saliency.model.io import save_model
+
+                save_model(model, _card(cfg, {"val_auc_keras": auc, "epoch": epoch + 1}),
+                           out / "model.keras")
+            _atomic_save_keras(wrapper, out / CHECKPOINT_DIR / "last.keras")
+            _write_json_atomic(out / CHECKPOINT_DIR / "state.json", {
+                "epoch": epoch + 1, "phase": phase.name, "phase_index": phase_index,
+                "best_auc": best["auc"], "best_epoch": best["epoch"], "finished": False,
+            })
+
+    cbs: list = [
+        KeepBest(),
+        keras.callbacks.CSVLogger(str(out / "logs" / "history.csv"), append=True),
+        keras.callbacks.TensorBoard(str(out / "logs" / "tensorboard"), write_graph=False),
+    ]
+    if cfg.train.early_stopping_patience:
+        cbs.append(keras.callbacks.EarlyStopping(
+            monitor="val_auc", mode="max", patience=cfg.train.early_stopping_patience,
+            restore_best_weights=False))
+    if cfg.train.lr_schedule == "plateau":
+        cbs.append(keras.callbacks.ReduceLROnPlateau(
+            monitor="val_auc", mode="max", factor=0.5, patience=1, min_lr=phase.lr / 100))
+    elif cfg.train.lr_schedule == "cosine":
+        start = phase_end - phase.epochs
+
+        def cosine(epoch, lr):
+            t = (epoch - start) / max(1, phase.epochs)
+            return float(phase.lr * 0.5 * (1 + np.cos(np.pi * t)))
+
+        cbs.append(keras.callbacks.LearningRateScheduler(cosine))
+    return cbs
