@@ -232,6 +232,7 @@ def train(
     *,
     resume: bool = False,
     log: Callable[[str], None] = print,
+    callbacks: tuple = (),
 ) -> TrainResult:
     """Train on ``cfg.data.path`` and write the run folder ``out`` (see module docstring).
 
@@ -280,7 +281,8 @@ def train(
     wrapper = None
     if state and not state.get("finished"):
         start_epoch = int(state["epoch"])
-        best = {"auc": float(state["best_auc"]), "epoch": int(state["best_epoch"])}
+        best = {"auc": float(state["best_auc"]), "epoch": int(state["best_epoch"]),
+                "loss": float(state.get("best_loss") or np.inf)}
         wrapper = keras.saving.load_model(out / CHECKPOINT_DIR / "last.keras", safe_mode=True)
         log(f"resuming {out} after epoch {start_epoch} (best valid AUC {best['auc']:.4f})")
 
@@ -315,7 +317,8 @@ def train(
             log(f"phase {index + 1}/{len(phases)} '{phase.name}': {phase.epochs} epochs at "
                 f"lr {phase.lr:g}, {n_train} trainable backbone layers")
         first = max(start_epoch, epoch_base)
-        callbacks = _callbacks(cfg, out, phase, phase_end, best, history, index, wrapper, model)
+        phase_callbacks = _callbacks(cfg, out, phase, phase_end, best, history, index, wrapper,
+                                     model, callbacks)
         train_batches = prefetch(epoch_batches(
             train_split, bs, shuffle=True, seed=cfg.train.seed,
             buffer_chunks=cfg.data.shuffle_buffer_chunks, first_epoch=first))
@@ -324,7 +327,7 @@ def train(
         fit = wrapper.fit(
             train_batches, steps_per_epoch=steps, epochs=phase_end, initial_epoch=first,
             validation_data=valid_batches, validation_steps=valid_steps,
-            callbacks=callbacks, verbose=cfg.train.verbose,
+            callbacks=phase_callbacks, verbose=cfg.train.verbose, shuffle=False,
         )
         train_batches.close()
         valid_batches.close()
@@ -371,7 +374,15 @@ def _read_history(path: Path) -> list[dict[str, float]]:
                 for row in csv.DictReader(f)]
 
 
-def _callbacks(cfg, out, phase, phase_end, best, history, phase_index, wrapper, model):
+def _tensorboard_available() -> bool:
+    """Keras' TensorBoard callback writes through tf.summary: it needs tensorflow + tensorboard."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) for m in ("tensorflow", "tensorboard"))
+
+
+def _callbacks(cfg, out, phase, phase_end, best, history, phase_index, wrapper, model,
+               extra=()):
     import keras
 
     class KeepBest(keras.callbacks.Callback):
@@ -383,8 +394,10 @@ def _callbacks(cfg, out, phase, phase_end, best, history, phase_index, wrapper, 
             logs["lr"] = float(keras.ops.convert_to_numpy(wrapper.optimizer.learning_rate))
             history.append({"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}})
             auc = float(logs.get("val_auc", -1.0))
-            if auc > best["auc"]:
-                best.update(auc=auc, epoch=epoch)
+            loss = float(logs.get("val_loss", np.inf))
+            # Best by valid AUC; among equal AUCs (e.g. several at 1.0) the lower valid loss.
+            if auc > best["auc"] or (auc == best["auc"] and loss < best.get("loss", np.inf)):
+                best.update(auc=auc, epoch=epoch, loss=loss)
                 from wsi_saliency.model.io import save_model
 
                 save_model(model, _card(cfg, {"val_auc_keras": auc, "epoch": epoch + 1}),
@@ -392,14 +405,11 @@ def _callbacks(cfg, out, phase, phase_end, best, history, phase_index, wrapper, 
             _atomic_save_keras(wrapper, out / CHECKPOINT_DIR / "last.keras")
             _write_json_atomic(out / CHECKPOINT_DIR / "state.json", {
                 "epoch": epoch + 1, "phase": phase.name, "phase_index": phase_index,
-                "best_auc": best["auc"], "best_epoch": best["epoch"], "finished": False,
+                "best_auc": best["auc"], "best_epoch": best["epoch"],
+                "best_loss": best.get("loss"), "finished": False,
             })
 
-    cbs: list = [
-        KeepBest(),
-        keras.callbacks.CSVLogger(str(out / "logs" / "history.csv"), append=True),
-        keras.callbacks.TensorBoard(str(out / "logs" / "tensorboard"), write_graph=False),
-    ]
+    cbs: list = []
     if cfg.train.early_stopping_patience:
         cbs.append(keras.callbacks.EarlyStopping(
             monitor="val_auc", mode="max", patience=cfg.train.early_stopping_patience,
@@ -415,4 +425,9 @@ def _callbacks(cfg, out, phase, phase_end, best, history, phase_index, wrapper, 
             return float(phase.lr * 0.5 * (1 + np.cos(np.pi * t)))
 
         cbs.append(keras.callbacks.LearningRateScheduler(cosine))
-    return cbs
+    # Loggers and the checkpoint run after the schedules so they see this epoch's learning rate.
+    cbs.append(keras.callbacks.CSVLogger(str(out / "logs" / "history.csv"), append=True))
+    if _tensorboard_available():
+        cbs.append(keras.callbacks.TensorBoard(str(out / "logs" / "tensorboard"), write_graph=False))
+    cbs.append(KeepBest())
+    return cbs + list(extra)

@@ -1,0 +1,115 @@
+"""Training mechanics on a small generated PCam-format set with the tiny backbone."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from wsi_saliency.config import load_config
+from wsi_saliency.data.pcam import write_pcam_split
+from wsi_saliency.model.io import load_model
+from wsi_saliency.training import make_augmenter, plan_phases, train
+
+
+def _blobs(n, rng):
+    """Pink patches with small dark nuclei; positives (odd rows) have large nuclei."""
+    x = np.empty((n, 96, 96, 3), np.uint8)
+    x[:] = (228, 170, 200)
+    x = (x.astype(np.int16) + rng.integers(-15, 16, x.shape)).clip(0, 255).astype(np.uint8)
+    y = (np.arange(n) % 2).astype(np.uint8)
+    rr, cc = np.mgrid[:96, :96]
+    for i in range(n):
+        for _ in range(10):
+            r0, c0 = rng.integers(10, 86, 2)
+            radius = rng.uniform(6, 9) if y[i] else rng.uniform(2, 3.5)
+            x[i][(rr - r0) ** 2 + (cc - c0) ** 2 < radius**2] = (110, 60, 150)
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def blob_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("blobs")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 256), ("valid", 64)):
+        write_pcam_split(folder, split, *_blobs(n, rng))
+    return folder
+
+
+def _cfg(data, *extra):
+    return load_config(None, [
+        f"data.path={data}", "data.batch_size=32", "model.backbone=tiny", "model.weights=none",
+        "train.head_epochs=3", "train.finetune_epochs=0", "train.verbose=0",
+        "train.lr_schedule=constant", "train.early_stopping_patience=0", *extra,
+    ])
+
+
+def test_phases_follow_weights():
+    cfg = load_config(None, ["model.weights=imagenet", "train.head_epochs=2",
+                             "train.finetune_epochs=5"])
+    phases = plan_phases(cfg)
+    assert [(p.name, p.backbone_from, p.epochs) for p in phases] == [
+        ("head", None, 2), ("finetune", "conv4", 5)]
+    assert phases[1].lr < phases[0].lr
+    scratch = plan_phases(load_config(None, ["model.weights=none"]))
+    assert [(p.name, p.backbone_from) for p in scratch] == [("full", "all")]
+
+
+def test_augmenter_has_the_study_transforms_and_is_identity_at_inference():
+    cfg = load_config(None, ["augment.color_jitter=0.3"]).augment
+    aug = make_augmenter(cfg, seed=0)
+    names = [layer.name for layer in aug.layers]
+    assert names == ["aug_flip", "aug_rotation", "aug_zoom", "aug_translation", "aug_color"]
+    rot = aug.get_layer("aug_rotation")
+    assert rot.factor == (-0.25, 0.25)  # +-90 degrees as a fraction of a full turn
+    x = np.random.default_rng(0).integers(0, 256, (4, 96, 96, 3)).astype("float32")
+    np.testing.assert_allclose(np.asarray(aug(x, training=False)), x)
+    assert not np.allclose(np.asarray(aug(x, training=True)), x)
+
+
+def test_train_writes_a_complete_run_folder(blob_data, tmp_path):
+    out = tmp_path / "run"
+    result = train(_cfg(blob_data), out, log=lambda m: None)
+    for name in ("model.keras", "config.yaml", "metrics.json", "run.json",
+                 "logs/history.csv", "checkpoints/last.keras", "checkpoints/state.json"):
+        assert (out / name).is_file(), name
+    assert any((out / "logs" / "tensorboard").rglob("events.out.tfevents*"))
+    rows = list(csv.DictReader((out / "logs" / "history.csv").open()))
+    assert len(rows) == 3
+    assert {"loss", "accuracy", "auc", "val_loss", "val_accuracy", "val_auc"} <= set(rows[0])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == 64 and 0 <= metrics["auc"] <= 1
+    model, card = load_model(out / "model.keras")
+    assert card.backbone == "tiny" and card.patch_mpp == 0.972 and card.seed == 0
+    assert card.config["train"]["head_epochs"] == 3 and card.metrics["auc"] == metrics["auc"]
+    assert card.versions["keras_backend"] == "tensorflow"
+    assert result.best_valid_auc == metrics["auc"]
+
+
+def test_resume_after_interruption_continues_from_the_last_epoch(blob_data, tmp_path):
+    import keras
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    cfg = _cfg(blob_data)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, out, log=lambda m: None, callbacks=(Interrupt(),))
+    state = json.loads((out / "checkpoints" / "state.json").read_text())
+    assert state["epoch"] == 2 and not state["finished"]
+    assert not (out / "metrics.json").exists()  # nothing looks finished
+    result = train(cfg, out, resume=True, log=lambda m: None)
+    assert result.resumed_from_epoch == 2
+    rows = list(csv.DictReader((out / "logs" / "history.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    assert json.loads((out / "checkpoints" / "state.json").read_text())["finished"]
+
+
+@pytest.mark.slow
+def test_training_learns_the_blob_task(blob_data, tmp_path):
+    result = train(_cfg(blob_data, "train.head_epochs=6", "train.lr_schedule=cosine"),
+                   tmp_path / "run", log=lambda m: None)
+    assert result.metrics["auc"] >= 0.95
