@@ -128,11 +128,48 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class ScanConfig:
+    """How slides are scanned. Sizes are in pixels of the model's resolution (target plane)."""
+
+    stride: int | None = None  # null = the patch size; 32 puts every prediction on PCam's centre
+    batch_size: int = 64
+    min_tissue_fraction: float = 0.25  # patches with less tissue are not scored
+    thumb_mpp: float = 8.0  # resolution of the thumbnail the tissue mask is computed on
+    slide_mpp: float | None = None  # level-0 microns per pixel when the slide does not say
+    mpp_tolerance: float = 0.05  # a level within 5 % of the model's mpp is read as is
+    gradcam: bool = True
+    gradcam_layer: str | None = None  # null = the layer recorded in the model file
+    gradcam_cells: int = 12  # Grad-CAM heatmap cells per patch side
+    gradcam_centre_weighted: bool = False  # Gaussian weights when overlapping maps are averaged
+    tta: bool = False  # 8-fold dihedral test-time augmentation (8x the compute)
+    workers: int = 2  # reading threads, each with its own slide handle
+    region: int = 1024  # side of the regions read at once (target px)
+    mixed_precision: str = "off"  # off | on (GPU only) | auto
+    threshold: float = 0.5  # probability above which area is counted as suspicious
+    top_k: int = 10  # slide score: mean of the top-k patch probabilities (and the max)
+
+    def __post_init__(self) -> None:
+        _check(self.stride is None or self.stride >= 1, "scan.stride must be >= 1 or null")
+        _check(self.batch_size >= 1, "scan.batch_size must be >= 1")
+        _check(0 <= self.min_tissue_fraction <= 1, "scan.min_tissue_fraction must be in [0, 1]")
+        _check(self.thumb_mpp > 0, "scan.thumb_mpp must be > 0")
+        _check(self.slide_mpp is None or self.slide_mpp > 0, "--slide-mpp must be > 0 microns")
+        _check(0 <= self.mpp_tolerance < 0.5, "scan.mpp_tolerance must be in [0, 0.5)")
+        _check(2 <= self.gradcam_cells <= 96, "scan.gradcam_cells must be in [2, 96]")
+        _check(self.workers >= 0, "scan.workers must be >= 0")
+        _check(self.region >= 96, "scan.region must be >= 96 pixels")
+        _check(self.mixed_precision in ("auto", "on", "off"), "scan.mixed_precision: auto|on|off")
+        _check(0 <= self.threshold <= 1, "scan.threshold must be in [0, 1]")
+        _check(self.top_k >= 1, "scan.top_k must be >= 1")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    scan: ScanConfig = field(default_factory=ScanConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -143,6 +180,7 @@ SECTIONS: dict[str, type] = {
     "augment": AugmentConfig,
     "model": ModelConfig,
     "train": TrainConfig,
+    "scan": ScanConfig,
 }
 
 

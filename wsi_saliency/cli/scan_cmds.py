@@ -1,0 +1,99 @@
+"""``scan`` (slides -> heatmaps) and ``demo`` (sample model + sample slide, end to end)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from wsi_saliency.cli._common import STATE, cli_errors, quiet_tensorflow
+from wsi_saliency.errors import InputError
+
+
+def _check_writable(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output {out} exists and is not a folder: choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise InputError(f"cannot write to output folder {out} ({exc.strerror}): "
+                         "choose a writable --out") from None
+
+
+def scan_command(
+    slides: Annotated[list[str], typer.Argument(help="Slide files, folders or glob patterns.")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="model.keras written by train.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (one subfolder per slide).")] = Path("scans"),
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML with a 'scan' section.")] = None,
+    stride: Annotated[Optional[int], typer.Option(help="Grid stride in model pixels (default: patch size; 32 = PCam centre).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Patches per model batch.")] = None,
+    slide_mpp: Annotated[Optional[float], typer.Option(help="Level-0 microns per pixel, for slides that do not say.")] = None,
+    tissue_threshold: Annotated[Optional[float], typer.Option(help="Minimum tissue fraction of a scored patch.")] = None,
+    gradcam: Annotated[bool, typer.Option("--gradcam/--no-gradcam", help="Compute Grad-CAM maps.")] = True,
+    gradcam_layer: Annotated[Optional[str], typer.Option(help="Layer for Grad-CAM (default: from the model file).")] = None,
+    tta: Annotated[bool, typer.Option("--tta", help="8-fold dihedral test-time augmentation.")] = False,
+    workers: Annotated[Optional[int], typer.Option(help="Slide-reading threads.")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="Any scan option as scan.key=value.")] = [],  # noqa: B006
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Rescan slides whose outputs are complete.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Scan slides into metastasis heatmaps with Grad-CAM (OUT/<slide>/scan.h5, PNGs, summary)."""
+    with cli_errors():
+        from wsi_saliency.config import load_config
+        from wsi_saliency.model.io import read_card
+        from wsi_saliency.scan.cohort import expand_slides
+        from wsi_saliency.scan.pipeline import check_stride
+
+        overrides: list = [("scan", k, v) for k, v in (
+            ("stride", stride), ("batch_size", batch_size), ("slide_mpp", slide_mpp),
+            ("min_tissue_fraction", tissue_threshold), ("gradcam_layer", gradcam_layer),
+            ("workers", workers)) if v is not None]
+        if not gradcam:
+            overrides.append(("scan", "gradcam", False))
+        if tta:
+            overrides.append(("scan", "tta", True))
+        overrides.extend(s if s.startswith("scan.") else f"scan.{s}" for s in set_)
+        cfg = load_config(config, overrides).scan
+        card = read_card(model)
+        check_stride(card.patch_size, cfg.stride or card.patch_size, cfg.gradcam_cells)
+        paths = expand_slides(slides)
+        _check_writable(out)
+        quiet_tensorflow()
+        if cfg.mixed_precision != "off":
+            from wsi_saliency.backend import configure_precision
+
+            configure_precision(cfg.mixed_precision)
+        from wsi_saliency.scan.cohort import scan_cohort
+
+        rows = scan_cohort(paths, model, out, cfg, overwrite=overwrite, progress=not quiet,
+                           log=lambda m: typer.echo(m, err=True), debug=STATE.debug)
+        failed = [r for r in rows if r.status == "failed"]
+        done = sum(r.status == "done" for r in rows)
+        skipped = sum(r.status == "skipped" for r in rows)
+        typer.echo(f"{done} scanned, {skipped} skipped (complete), {len(failed)} failed -> "
+                   f"{out / 'cohort.csv'}")
+        if failed:
+            raise typer.Exit(1)
+
+
+def demo_command(
+    out: Annotated[Path, typer.Argument(help="Folder for the demo's model and scan.")] = Path("demo_out"),
+    retrain: Annotated[bool, typer.Option("--retrain", help="Train again even if OUT/model exists.")] = False,
+) -> None:
+    """Train the sample model (or reuse it), scan the sample slide, and report how well the
+    heatmap finds the planted lesions."""
+    with cli_errors():
+        quiet_tensorflow()
+        from wsi_saliency.demo import run_demo
+
+        report = run_demo(out, retrain=retrain, log=lambda m: typer.echo(m, err=True))
+        typer.echo(report)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("scan")(scan_command)
+    app.command("demo")(demo_command)

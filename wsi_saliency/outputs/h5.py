@@ -1,0 +1,68 @@
+"""``scan.h5``: per-patch results and stitched heatmaps of one slide.
+
+Datasets: ``coords`` int64 [N, 2] level-0 (x, y) of each scored patch's top-left;
+``grid_rc`` int64 [N, 2]; ``prob`` float32 [N]; ``gradcam`` float32 [N, h, w] (raw Grad-CAM,
+not normalised); ``tissue_fraction`` float32 [N]; ``heatmap_prob`` float32 [H, W] (NaN where
+not scored); ``heatmap_gradcam`` float32 [H', W']; ``tissue_mask`` uint8 [h, w].
+Attributes: ``patch_size_l0``, ``stride_l0``, ``heatmap_prob_downsample`` and
+``heatmap_gradcam_downsample`` (level-0 pixels per heatmap cell), ``tissue_mask_downsample``,
+``target_mpp``, ``slide_mpp``, ``slide_dimensions`` (level-0 width, height), ``read_level``,
+``model_path``, ``model_card`` (JSON), ``config`` (JSON), ``versions`` (JSON).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from wsi_saliency.outputs.atomic import _plain, atomic_path
+
+
+def write_scan_h5(path: str | Path, result, *, model_path: str, model_card: dict[str, Any],
+                  config: dict[str, Any], versions: dict[str, str]) -> Path:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        comp = {"compression": "gzip", "compression_opts": 4}
+        f.create_dataset("coords", data=result.coords.astype(np.int64))
+        f.create_dataset("grid_rc", data=result.grid_rc.astype(np.int64))
+        f.create_dataset("prob", data=result.prob.astype(np.float32))
+        f.create_dataset("gradcam", data=result.gradcam.astype(np.float32),
+                         **(comp if result.gradcam.size else {}))
+        f.create_dataset("tissue_fraction", data=result.tissue_fraction.astype(np.float32))
+        f.create_dataset("heatmap_prob", data=result.heatmap_prob.astype(np.float32))
+        f.create_dataset("heatmap_gradcam", data=result.heatmap_gradcam.astype(np.float32),
+                         **(comp if result.heatmap_gradcam.size else {}))
+        f.create_dataset("tissue_mask", data=result.tissue_mask.astype(np.uint8), **comp)
+        a = f.attrs
+        a["frame"] = "coords: level-0 (x, y) pixels; arrays: [row, col]"
+        a["patch_size_l0"] = float(result.patch_size_l0)
+        a["stride_l0"] = float(result.stride_l0)
+        a["heatmap_prob_downsample"] = float(result.heatmap_prob_downsample)
+        a["heatmap_gradcam_downsample"] = float(result.heatmap_gradcam_downsample)
+        a["tissue_mask_downsample"] = np.asarray(result.thumbnail_downsample, np.float64)
+        a["target_mpp"] = float(result.target_mpp)
+        a["slide_mpp"] = float(result.slide_mpp)
+        a["slide_dimensions"] = np.asarray(result.slide_dimensions, np.int64)
+        a["read_level"] = int(result.plan.level)
+        a["slide_path"] = str(result.path)
+        a["model_path"] = str(model_path)
+        a["model_card"] = json.dumps(_plain(model_card))
+        a["config"] = json.dumps(_plain(config))
+        a["versions"] = json.dumps(_plain(versions))
+    return Path(path)
+
+
+def read_scan_h5(path: str | Path) -> dict[str, Any]:
+    """All datasets as arrays and attributes as values (JSON attributes decoded)."""
+    out: dict[str, Any] = {}
+    with h5py.File(path, "r") as f:
+        for key in f:
+            out[key] = f[key][()]
+        for key, value in f.attrs.items():
+            if key in ("model_card", "config", "versions"):
+                value = json.loads(value)
+            out[key] = value
+    return out

@@ -1,0 +1,185 @@
+"""Scan many slides: one output folder per slide, resumable, going on past a bad slide.
+
+``OUT/<slide stem>/`` holds ``scan.h5``, ``heatmap.png``, ``gradcam.png``, ``tissue.png``
+and ``summary.json``. A slide is written into ``OUT/.<stem>.partial/`` and renamed when all
+its files are there, so a folder ``OUT/<stem>/`` is always complete; a rerun skips complete
+slides (unless ``overwrite``) and redoes interrupted ones. ``OUT/cohort.csv`` lists every
+slide with its status (``done``, ``skipped``, ``failed``), score and error.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from wsi_saliency.config import ScanConfig
+from wsi_saliency.errors import InputError, WsiSaliencyError
+from wsi_saliency.outputs.atomic import atomic_path, write_json
+
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu",
+                  ".svslide", ".dcm")
+SLIDE_FILES = ("scan.h5", "heatmap.png", "gradcam.png", "tissue.png", "summary.json")
+
+
+def expand_slides(items: Iterable[str]) -> list[Path]:
+    """Files, folders (their slide files) and glob patterns -> slide paths, in order, no repeats."""
+    found: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if any(ch in item for ch in "*?["):
+            matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
+            if not matches:
+                raise InputError(f"no file matches {item!r}: check the pattern")
+            found.extend(p for p in matches if p.is_file())
+        elif path.is_dir():
+            inside = sorted(p for p in path.iterdir()
+                            if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES)
+            if not inside:
+                raise InputError(f"folder {path} holds no slide files ({', '.join(SLIDE_SUFFIXES)})")
+            found.extend(inside)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise InputError(f"slide {path} does not exist: pass slide files, folders or globs")
+    unique = list(dict.fromkeys(p.resolve() for p in found))
+    stems = [p.stem for p in unique]
+    dupes = sorted({s for s in stems if stems.count(s) > 1})
+    if dupes:
+        raise InputError(f"two slides share the name {dupes[0]!r}: outputs would collide; "
+                         "scan them into different --out folders")
+    return unique
+
+
+def is_complete(folder: Path, *, gradcam: bool = True) -> bool:
+    return all((folder / name).is_file() for name in SLIDE_FILES)
+
+
+def write_slide_outputs(result, folder: Path, *, model_path: Path, card, cfg: ScanConfig,
+                        versions: dict[str, str]) -> dict:
+    """Write all files of one slide into ``folder`` (created); ``summary.json`` last."""
+    from dataclasses import asdict
+
+    from wsi_saliency.outputs.h5 import write_scan_h5
+    from wsi_saliency.outputs.overlays import write_heatmap_png, write_tissue_png
+
+    folder.mkdir(parents=True, exist_ok=True)
+    card_dict = asdict(card)
+    write_scan_h5(folder / "scan.h5", result, model_path=str(model_path), model_card=card_dict,
+                  config=asdict(cfg), versions=versions)
+    name = result.path.name
+    write_heatmap_png(folder / "heatmap.png", result.overview, result.overview_downsample,
+                      result.heatmap_prob, result.heatmap_prob_downsample,
+                      title=f"{name}: P(metastasis), max {result.score_max():.3f}",
+                      label="P(metastasis)", vmin=0.0, vmax=1.0)
+    write_heatmap_png(folder / "gradcam.png", result.overview, result.overview_downsample,
+                      result.heatmap_gradcam, result.heatmap_gradcam_downsample,
+                      title=f"{name}: Grad-CAM at {card.gradcam_layer} (one scale for the slide)",
+                      label="Grad-CAM (raw, 0 to 99.5th percentile)", cmap="inferno", alpha=0.55)
+    write_tissue_png(folder / "tissue.png", result.thumbnail, result.tissue_mask,
+                     title=f"{name}: tissue ({result.n_scored} patches scored)")
+    summary = {
+        **result.summary(),
+        "model": str(model_path),
+        "model_backbone": card.backbone,
+        "model_metrics": card.metrics,
+        "config": asdict(cfg),
+        "versions": versions,
+        "files": list(SLIDE_FILES),
+    }
+    write_json(folder / "summary.json", summary)
+    return summary
+
+
+@dataclass
+class CohortRow:
+    slide: str
+    status: str  # done | skipped | failed
+    score_max: float | None = None
+    score_topk: float | None = None
+    patches: int | None = None
+    seconds: float | None = None
+    error: str = ""
+
+
+def _write_csv(path: Path, rows: list[CohortRow]) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["slide", "status", "score_max", "score_topk_mean", "patches_scored",
+                     "seconds", "error"])
+    for r in rows:
+        writer.writerow([r.slide, r.status, "" if r.score_max is None else f"{r.score_max:.6f}",
+                         "" if r.score_topk is None else f"{r.score_topk:.6f}",
+                         "" if r.patches is None else r.patches,
+                         "" if r.seconds is None else f"{r.seconds:.2f}", r.error])
+    with atomic_path(path) as tmp:
+        tmp.write_text(buf.getvalue())
+
+
+def scan_cohort(
+    slides: list[Path],
+    model_path: Path,
+    out: Path,
+    cfg: ScanConfig,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    debug: bool = False,
+) -> list[CohortRow]:
+    """Scan ``slides`` with the model at ``model_path`` into ``out``; returns one row per slide."""
+    from tqdm import tqdm
+
+    from wsi_saliency.model.io import load_model, software_versions
+    from wsi_saliency.scan.pipeline import PatchScorer, scan_slide
+
+    model, card = load_model(model_path)
+    scorer = PatchScorer(model, card, gradcam=cfg.gradcam, layer=cfg.gradcam_layer, tta=cfg.tta)
+    versions = software_versions()
+    rows: list[CohortRow] = []
+    bar = tqdm(slides, desc="slides", unit="slide", disable=not progress or len(slides) < 2)
+    for slide in bar:
+        final = out / slide.stem
+        if is_complete(final) and not overwrite:
+            rows.append(CohortRow(str(slide), "skipped", error="complete outputs exist"))
+            _write_csv(out / "cohort.csv", rows)
+            continue
+        partial = out / f".{slide.stem}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        t0 = time.perf_counter()
+        try:
+            result = scan_slide(slide, model, card, cfg, scorer=scorer, progress=progress)
+            for note in result.warnings:
+                log(f"warning: {note}")
+            write_slide_outputs(result, partial, model_path=model_path, card=card, cfg=cfg,
+                                versions=versions)
+            if final.exists():
+                shutil.rmtree(final)
+            partial.rename(final)
+            rows.append(CohortRow(str(slide), "done", result.score_max(), result.score_topk(),
+                                  result.n_scored, time.perf_counter() - t0))
+            log(f"{slide.name}: score {result.score_max():.3f} (max), {result.n_scored} patches, "
+                f"{result.summary()['patches_per_s']} patches/s -> {final}")
+        except WsiSaliencyError as exc:
+            if debug:
+                raise
+            shutil.rmtree(partial, ignore_errors=True)
+            rows.append(CohortRow(str(slide), "failed", seconds=time.perf_counter() - t0,
+                                  error=str(exc)))
+            log(f"error: {exc}")
+        except Exception as exc:  # noqa: BLE001 - one bad slide must not stop the cohort
+            if debug:
+                raise
+            shutil.rmtree(partial, ignore_errors=True)
+            first = (str(exc).splitlines() or [""])[0]
+            message = f"{slide}: {type(exc).__name__}: {first} (rerun with --debug for details)"
+            rows.append(CohortRow(str(slide), "failed", seconds=time.perf_counter() - t0,
+                                  error=message))
+            log(f"error: {message}")
+        _write_csv(out / "cohort.csv", rows)
+    return rows

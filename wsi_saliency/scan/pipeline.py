@@ -1,0 +1,289 @@
+"""Scan one slide: resolution plan -> tissue mask -> patch grid -> batched reads ->
+model + Grad-CAM in one pass -> stitched heatmaps, returned as a ``SlideResult``.
+
+Nothing here writes files (see ``wsi_saliency.outputs``); everything runs from a notebook:
+
+    model, card = load_model("runs/sample/model.keras")
+    result = scan_slide("slide.tif", model, card, ScanConfig())
+    result.heatmap_prob  # float32 [rows, cols], NaN where not scored
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsi_saliency.config import ScanConfig
+from wsi_saliency.errors import InputError
+from wsi_saliency.evaluation import dihedral
+
+OVERVIEW_MAX_SIDE = 2048
+
+
+@dataclass
+class SlideResult:
+    """Everything a scan computed for one slide.
+
+    Frames: ``coords`` are level-0 (x, y) of each scored patch's top-left; heatmaps are
+    [row, col] arrays whose cell (r, c) covers level-0 x in [c * d, (c + 1) * d) and y in
+    [r * d, (r + 1) * d) with d = ``*_downsample`` (level-0 pixels per cell).
+    """
+
+    path: Path
+    coords: np.ndarray  # int64 [N, 2] level-0 (x, y)
+    grid_rc: np.ndarray  # int64 [N, 2] (row, col) in the stride grid
+    prob: np.ndarray  # float32 [N]
+    gradcam: np.ndarray  # float32 [N, h, w] (raw, not normalised per patch); [N, 0, 0] if off
+    tissue_fraction: np.ndarray  # float32 [N]
+    heatmap_prob: np.ndarray  # float32 [H, W], NaN where not scored
+    heatmap_prob_downsample: float
+    heatmap_gradcam: np.ndarray  # float32 [H', W'], NaN where not scored
+    heatmap_gradcam_downsample: float
+    tissue_mask: np.ndarray  # bool [h, w] on the thumbnail grid
+    thumbnail: np.ndarray  # uint8 [h, w, 3]
+    thumbnail_downsample: tuple[float, float]  # level-0 px per thumbnail px (x, y)
+    overview: np.ndarray  # uint8 [h, w, 3]: a larger thumbnail for the overlays (max side 2048)
+    overview_downsample: tuple[float, float]  # level-0 px per overview px (x, y)
+    patch_size_l0: float
+    stride_l0: float
+    target_mpp: float
+    slide_mpp: float
+    slide_dimensions: tuple[int, int]  # level-0 (width, height)
+    plan: Any  # wsi_saliency.slide.ResolutionPlan
+    n_candidates: int
+    n_skipped_tissue: int
+    timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    config: ScanConfig = field(default_factory=ScanConfig)
+
+    @property
+    def stem(self) -> str:
+        return self.path.stem
+
+    @property
+    def n_scored(self) -> int:
+        return int(self.prob.shape[0])
+
+    def score_max(self) -> float:
+        return float(self.prob.max()) if self.n_scored else 0.0
+
+    def score_topk(self, k: int | None = None) -> float:
+        k = k or self.config.top_k
+        if not self.n_scored:
+            return 0.0
+        return float(np.sort(self.prob)[-k:].mean())
+
+    def area_above_mm2(self, threshold: float | None = None) -> float:
+        """Tissue area (mm^2) of probability-heatmap cells at or above ``threshold``."""
+        t = self.config.threshold if threshold is None else threshold
+        cells = int(np.count_nonzero(np.nan_to_num(self.heatmap_prob, nan=-1.0) >= t))
+        cell_um = self.heatmap_prob_downsample * self.slide_mpp
+        return cells * (cell_um / 1000.0) ** 2
+
+    def summary(self) -> dict[str, Any]:
+        total = self.timings.get("total_s", 0.0)
+        return {
+            "slide": str(self.path),
+            "score_max": round(self.score_max(), 6),
+            f"score_top{self.config.top_k}_mean": round(self.score_topk(), 6),
+            "threshold": self.config.threshold,
+            "area_above_threshold_mm2": round(self.area_above_mm2(), 4),
+            "patches_scored": self.n_scored,
+            "patches_skipped_tissue": self.n_skipped_tissue,
+            "patches_candidates": self.n_candidates,
+            "patch_size_l0": round(self.patch_size_l0, 4),
+            "stride_l0": round(self.stride_l0, 4),
+            "slide_mpp": self.slide_mpp,
+            "target_mpp": self.target_mpp,
+            "read_level": int(self.plan.level),
+            "resolution": self.plan.describe(),
+            "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
+            "patches_per_s": round(self.n_scored / total, 1) if total else None,
+            "model_patches_per_s": (round(self.n_scored / self.timings["model_s"], 1)
+                                    if self.timings.get("model_s") else None),
+            "warnings": list(self.warnings),
+        }
+
+
+def undo_dihedral(maps: np.ndarray, k: int) -> np.ndarray:
+    """Map [B, h, w] computed on ``dihedral(x, k)`` back to the frame of ``x``."""
+    if k >= 4:
+        maps = maps[:, :, ::-1]
+    return np.rot90(maps, -(k % 4), axes=(1, 2))
+
+
+class PatchScorer:
+    """Probabilities (and Grad-CAM maps) for batches of patches, in one model pass.
+
+    ``__call__(patches uint8 [B, P, P, 3]) -> (prob float32 [B], cam float32 [B, h, w] or None)``.
+    With ``tta`` each patch is scored in its 8 dihedral views (one batch of 8B) and the
+    probabilities and (re-aligned) maps are averaged.
+    """
+
+    def __init__(self, model, card, *, gradcam: bool = True, layer: str | None = None,
+                 tta: bool = False):
+        from wsi_saliency.model.gradcam import GradCam
+
+        self.model = model
+        self.tta = tta
+        self.layer = layer or card.gradcam_layer
+        self.gradcam = GradCam(model, self.layer, card.logit_layer) if gradcam else None
+        self.map_shape = self.gradcam.map_shape if self.gradcam else (0, 0)
+
+    def _once(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.gradcam is not None:
+            return self.gradcam(x)
+        prob = np.asarray(self.model.predict_on_batch(x.astype(np.float32)), np.float32)
+        return prob.reshape(-1), None
+
+    def __call__(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        if not self.tta:
+            return self._once(patches)
+        b = len(patches)
+        views = np.concatenate([dihedral(patches, k) for k in range(8)])
+        prob, cam = self._once(views)
+        prob = prob.reshape(8, b).mean(axis=0)
+        if cam is not None:
+            cam = np.mean([undo_dihedral(cam[k * b:(k + 1) * b], k) for k in range(8)], axis=0)
+        return prob, cam
+
+
+def scan_slide(
+    path: str | Path,
+    model,
+    card,
+    cfg: ScanConfig = ScanConfig(),  # noqa: B008 - frozen dataclass
+    *,
+    scorer: PatchScorer | None = None,
+    tissue: np.ndarray | None = None,
+    roi: np.ndarray | None = None,
+    progress: bool = False,
+) -> SlideResult:
+    """Scan the slide at ``path`` with ``model`` (whose ``card`` gives patch size and mpp).
+
+    ``tissue``: a user tissue mask (bool [h, w], any size, covering the whole slide) used
+    instead of the automatic one; ``roi``: a region of interest (bool [h, w], whole slide)
+    patches must lie in. ``scorer``: reuse one ``PatchScorer`` across slides.
+    """
+    from tqdm import tqdm
+
+    from wsi_saliency.scan.stitch import HeatmapStitcher, MapStitcher
+    from wsi_saliency.slide import iter_patch_batches, open_slide, plan_resolution, tile_grid
+    from wsi_saliency.slide.tissue import slide_thumbnail, tissue_mask
+
+    path = Path(path)
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    notes: list[str] = []
+    scorer = scorer or PatchScorer(model, card, gradcam=cfg.gradcam, layer=cfg.gradcam_layer,
+                                   tta=cfg.tta)
+    patch = int(card.patch_size)
+    stride = int(cfg.stride or patch)
+
+    with open_slide(path) as reader:
+        plan = plan_resolution(reader, card.patch_mpp, slide_mpp=cfg.slide_mpp,
+                               tolerance=cfg.mpp_tolerance)
+        if plan.warning:
+            notes.append(plan.warning)
+        timings["open_s"] = time.perf_counter() - t_start
+
+        t = time.perf_counter()
+        thumb = slide_thumbnail(reader, l0_mpp=plan.l0_mpp, thumb_mpp=cfg.thumb_mpp)
+        if tissue is None:
+            mask = tissue_mask(thumb.image, thumb_mpp=thumb.mpp)
+        else:
+            mask = _fit_mask(tissue, thumb.image.shape[:2])
+        l0_size = tuple(int(v) for v in reader.dimensions)
+        ds = max(max(l0_size) / OVERVIEW_MAX_SIDE, 1.0)
+        overview = reader.get_thumbnail((max(1, round(l0_size[0] / ds)),
+                                         max(1, round(l0_size[1] / ds))))
+        overview_ds = (l0_size[0] / overview.shape[1], l0_size[1] / overview.shape[0])
+        timings["tissue_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    grid = tile_grid(l0_size, plan, patch_t=patch, stride_t=stride, mask=mask,
+                     mask_l0_per_px=thumb.l0_per_px, min_tissue_fraction=cfg.min_tissue_fraction,
+                     roi=None if roi is None else _fit_mask(roi, thumb.image.shape[:2]),
+                     roi_l0_per_px=None if roi is None else thumb.l0_per_px)
+    timings["tiling_s"] = time.perf_counter() - t
+    if len(grid) == 0:
+        notes.append(f"{path.name}: no tissue found (0 of {grid.n_candidates} patches reach "
+                     f"{cfg.min_tissue_fraction:.0%} tissue); heatmaps are empty and the score is 0")
+
+    cells = cfg.gradcam_cells
+    prob_stitch = HeatmapStitcher.from_grid(grid)
+    cam_stitch = MapStitcher.from_grid(
+        grid, cells, sigma_scale=0.125 if cfg.gradcam_centre_weighted else None)
+    n = len(grid)
+    probs = np.full(n, np.nan, np.float32)
+    cams = np.zeros((n, *scorer.map_shape), np.float32)
+    model_s = 0.0
+    t = time.perf_counter()
+    batch_size = max(1, cfg.batch_size // 8) if cfg.tta else cfg.batch_size
+    bar = tqdm(total=n, desc=path.name, unit="patch", disable=not progress, leave=False)
+    try:
+        for batch in iter_patch_batches(lambda: open_slide(path), plan, grid,
+                                        batch_size=batch_size, region_t=cfg.region,
+                                        workers=cfg.workers):
+            tm = time.perf_counter()
+            p, cam = scorer(batch.patches)
+            model_s += time.perf_counter() - tm
+            probs[batch.index] = p
+            rc = grid.grid_rc[batch.index]
+            prob_stitch.aggregate(p, rc)
+            if cam is not None:
+                cams[batch.index] = cam
+                cam_stitch.aggregate(cam, rc)
+            bar.update(len(batch))
+    finally:
+        bar.close()
+    timings["inference_s"] = time.perf_counter() - t
+    timings["model_s"] = model_s
+    if n and np.isnan(probs).any():  # every grid patch must have come back exactly once
+        raise RuntimeError(f"{path}: {int(np.isnan(probs).sum())} patches were not scored")
+    t = time.perf_counter()
+    heat_prob = prob_stitch.finalize()
+    heat_cam = cam_stitch.finalize()
+    timings["stitch_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - t_start
+    return SlideResult(
+        path=path, coords=grid.l0_xy, grid_rc=grid.grid_rc, prob=probs, gradcam=cams,
+        tissue_fraction=grid.tissue_fraction, heatmap_prob=heat_prob,
+        heatmap_prob_downsample=float(prob_stitch.l0_per_cell or grid.stride_l0),
+        heatmap_gradcam=heat_cam,
+        heatmap_gradcam_downsample=float(cam_stitch.l0_per_cell or grid.patch_l0 / cells),
+        tissue_mask=mask, thumbnail=thumb.image, thumbnail_downsample=thumb.l0_per_px,
+        overview=overview, overview_downsample=overview_ds,
+        patch_size_l0=grid.patch_l0, stride_l0=grid.stride_l0, target_mpp=plan.t_mpp,
+        slide_mpp=plan.l0_mpp, slide_dimensions=l0_size, plan=plan,
+        n_candidates=grid.n_candidates, n_skipped_tissue=grid.n_skipped_tissue,
+        timings=timings, warnings=notes, config=cfg,
+    )
+
+
+def _fit_mask(mask: np.ndarray, shape_rc: tuple[int, int]) -> np.ndarray:
+    """A user mask resized (nearest) onto the thumbnail grid."""
+    mask = np.asarray(mask)
+    if mask.ndim == 3:
+        mask = mask[..., 0]
+    if mask.ndim != 2:
+        raise InputError(f"a mask must be a 2-D image, got shape {mask.shape}")
+    if mask.shape == tuple(shape_rc):
+        return mask.astype(bool)
+    rows = np.minimum((np.arange(shape_rc[0]) + 0.5) * mask.shape[0] / shape_rc[0], mask.shape[0] - 1)
+    cols = np.minimum((np.arange(shape_rc[1]) + 0.5) * mask.shape[1] / shape_rc[1], mask.shape[1] - 1)
+    return mask[rows.astype(int)][:, cols.astype(int)].astype(bool)
+
+
+def check_stride(patch: int, stride: int, cells: int) -> None:
+    """Stride must be a whole number of Grad-CAM cells (else stitching cannot align)."""
+    if (stride * cells) % patch:
+        good = [c for c in range(2, 97) if (stride * c) % patch == 0][:5]
+        raise InputError(
+            f"--stride {stride} with {cells} Grad-CAM cells per {patch}-px patch does not give "
+            f"whole cells per stride: use scan.gradcam_cells in {good}"
+        )
