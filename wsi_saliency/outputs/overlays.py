@@ -67,14 +67,21 @@ def write_heatmap_png(path: str | Path, overview: np.ndarray, overview_l0_per_px
     return Path(path)
 
 
-def write_tissue_png(path: str | Path, thumbnail: np.ndarray, mask: np.ndarray, *,
-                     title: str) -> Path:
-    """The thumbnail with the tissue mask's outline (green) and non-tissue dimmed."""
+def write_tissue_png(path: str | Path, overview: np.ndarray,
+                     overview_l0_per_px: tuple[float, float], mask: np.ndarray,
+                     mask_l0_per_px: tuple[float, float], *, title: str) -> Path:
+    """The overview with the tissue mask's outline (green) and non-tissue dimmed."""
     from skimage.segmentation import find_boundaries
 
-    shown = thumbnail.astype(np.float32)
-    shown[~mask] = shown[~mask] * 0.45 + 255 * 0.55 * 0.3
-    edge = find_boundaries(mask, mode="inner")
+    h, w = overview.shape[:2]
+    rows = np.minimum(((np.arange(h) + 0.5) * overview_l0_per_px[1] / mask_l0_per_px[1])
+                      .astype(np.int64), mask.shape[0] - 1)
+    cols = np.minimum(((np.arange(w) + 0.5) * overview_l0_per_px[0] / mask_l0_per_px[0])
+                      .astype(np.int64), mask.shape[1] - 1)
+    on_overview = mask[np.ix_(rows, cols)]
+    shown = overview.astype(np.float32)
+    shown[~on_overview] = shown[~on_overview] * 0.45 + 255 * 0.55 * 0.3
+    edge = find_boundaries(on_overview, mode="thick")
     shown[edge] = (0, 200, 0)
     fig, _, plt = _figure(shown.clip(0, 255).astype(np.uint8), title)
     fig.tight_layout()

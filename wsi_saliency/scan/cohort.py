@@ -81,7 +81,8 @@ def write_slide_outputs(result, folder: Path, *, model_path: Path, card, cfg: Sc
                       result.heatmap_gradcam, result.heatmap_gradcam_downsample,
                       title=f"{name}: Grad-CAM at {card.gradcam_layer} (one scale for the slide)",
                       label="Grad-CAM (raw, 0 to 99.5th percentile)", cmap="inferno", alpha=0.55)
-    write_tissue_png(folder / "tissue.png", result.thumbnail, result.tissue_mask,
+    write_tissue_png(folder / "tissue.png", result.overview, result.overview_downsample,
+                     result.tissue_mask, result.thumbnail_downsample,
                      title=f"{name}: tissue ({result.n_scored} patches scored)")
     summary = {
         **result.summary(),

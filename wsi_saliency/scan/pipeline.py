@@ -21,7 +21,7 @@ from wsi_saliency.config import ScanConfig
 from wsi_saliency.errors import InputError
 from wsi_saliency.evaluation import dihedral
 
-OVERVIEW_MAX_SIDE = 2048
+OVERVIEW_MAX_SIDE = 1536
 
 
 @dataclass
@@ -46,7 +46,7 @@ class SlideResult:
     tissue_mask: np.ndarray  # bool [h, w] on the thumbnail grid
     thumbnail: np.ndarray  # uint8 [h, w, 3]
     thumbnail_downsample: tuple[float, float]  # level-0 px per thumbnail px (x, y)
-    overview: np.ndarray  # uint8 [h, w, 3]: a larger thumbnail for the overlays (max side 2048)
+    overview: np.ndarray  # uint8 [h, w, 3]: a larger thumbnail for the overlays (max side 1536)
     overview_downsample: tuple[float, float]  # level-0 px per overview px (x, y)
     patch_size_l0: float
     stride_l0: float
@@ -208,7 +208,8 @@ def scan_slide(
     grid = tile_grid(l0_size, plan, patch_t=patch, stride_t=stride, mask=mask,
                      mask_l0_per_px=thumb.l0_per_px, min_tissue_fraction=cfg.min_tissue_fraction,
                      roi=None if roi is None else _fit_mask(roi, thumb.image.shape[:2]),
-                     roi_l0_per_px=None if roi is None else thumb.l0_per_px)
+                     roi_l0_per_px=None if roi is None else thumb.l0_per_px,
+                     cover_edges=True)  # edge patches read white beyond the slide
     timings["tiling_s"] = time.perf_counter() - t
     if len(grid) == 0:
         notes.append(f"{path.name}: no tissue found (0 of {grid.n_candidates} patches reach "

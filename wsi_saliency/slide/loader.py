@@ -1,0 +1,349 @@
+"""Patches for the model: read big regions, resample once, cut into patches, in threads.
+
+The kept patches of a :class:`~wsi_saliency.slide.tiling.TileGrid` are grouped into square
+blocks of about ``region_t`` target pixels. Each block that holds patches is read with ONE
+``read_region`` at the plan's level (covering only the kept patches' bounding box, plus a
+few pixels of filter margin), resampled to the target plane with Pillow's anti-aliased
+``LANCZOS`` filter (``Image.resize`` with a fractional source ``box``, so every region lands
+on exactly the same target-plane lattice), then cut into ``patch_t`` x ``patch_t`` patches.
+
+Reads run on ``workers`` threads, each with its own reader from ``open_reader()`` (OpenSlide
+handles are not shared between threads), and are handed to the consumer through a bounded
+queue: at most ``queue_size`` decoded regions wait, plus one per worker in flight, plus less
+than one batch in the consumer. Batches come in completion order; every grid patch comes
+exactly once. Closing the generator early stops the workers and joins them; a worker's
+exception reaches the consumer as a ``SlideError`` naming the slide and the region.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsi_saliency.errors import InputError, SlideError
+
+from .reader import SlideReader
+from .resolution import ResolutionPlan
+from .tiling import TileGrid
+
+__all__ = [
+    "RESAMPLE_FILTERS",
+    "PatchBatch",
+    "Region",
+    "iter_patch_batches",
+    "plan_regions",
+    "read_region_patches",
+]
+
+_JOIN_TIMEOUT_S = 60.0
+_POLL_S = 0.05
+RESAMPLE_FILTERS = ("lanczos", "bicubic", "bilinear", "box")
+
+
+@dataclass
+class PatchBatch:
+    """``patches`` uint8 [B, P, P, 3] at the target resolution; ``index`` int64 [B]: grid rows."""
+
+    patches: np.ndarray
+    index: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.index.shape[0])
+
+
+@dataclass(frozen=True)
+class Region:
+    """Grid block read at once: target-plane box ``t_xy``, ``t_wh``; grid rows ``index``."""
+
+    t_xy: tuple[int, int]
+    t_wh: tuple[int, int]
+    index: np.ndarray
+
+    def l0_box(self, l0_per_t: float) -> tuple[int, int, int, int]:
+        """``(x, y, w, h)`` of the region in level-0 px (for messages)."""
+        x, y = (round(v * l0_per_t) for v in self.t_xy)
+        return x, y, round(self.t_wh[0] * l0_per_t), round(self.t_wh[1] * l0_per_t)
+
+
+def plan_regions(grid: TileGrid, region_t: int = 1024) -> list[Region]:
+    """Group the grid's patches into blocks of about ``region_t`` target px (row-major order)."""
+    if len(grid) == 0:
+        return []
+    patch_t, stride_t = grid.patch_t, grid.stride_t
+    k = max(1, (int(region_t) - patch_t) // stride_t + 1)  # grid steps per block side
+    block_rc = grid.grid_rc // k
+    n_bc = int(block_rc[:, 1].max()) + 1
+    keys = block_rc[:, 0] * n_bc + block_rc[:, 1]
+    order = np.argsort(keys, kind="stable")
+    cuts = np.flatnonzero(np.diff(keys[order])) + 1
+    regions = []
+    for idx in np.split(order, cuts):
+        t_xy = grid.t_xy[idx]
+        x0, y0 = t_xy.min(axis=0)
+        x1, y1 = t_xy.max(axis=0) + patch_t
+        regions.append(Region((int(x0), int(y0)), (int(x1 - x0), int(y1 - y0)), idx))
+    return regions
+
+
+def _read_target_region(
+    reader: SlideReader, plan: ResolutionPlan, region: Region, resample: str = "lanczos"
+) -> np.ndarray:
+    """The region resampled to the target plane: uint8 [t_h, t_w, 3]."""
+    tx0, ty0 = region.t_xy
+    tw, th = region.t_wh
+    ds = plan.lv_downsample
+    if not plan.needs_resample:
+        l0_xy = (round(tx0 * plan.l0_per_t), round(ty0 * plan.l0_per_t))
+        return reader.read_region(l0_xy, plan.level, (tw, th))
+
+    from PIL import Image
+
+    s = plan.lv_per_t  # level px per target px
+    lx0, ly0, lx1, ly1 = tx0 * s, ty0 * s, (tx0 + tw) * s, (ty0 + th) * s
+    pad = int(math.ceil(3 * max(s, 1.0))) + 1  # the widest (Lanczos) support, in level px
+    ix0, iy0 = int(math.floor(lx0)) - pad, int(math.floor(ly0)) - pad
+    ix1, iy1 = int(math.ceil(lx1)) + pad, int(math.ceil(ly1)) + pad
+    l0_xy = (round(ix0 * ds), round(iy0 * ds))
+    read_image = getattr(reader, "read_region_image", None)
+    if read_image is not None:  # Pillow image straight from the reader: no array round trip
+        lv = read_image(l0_xy, plan.level, (ix1 - ix0, iy1 - iy0))
+    else:
+        lv = Image.fromarray(reader.read_region(l0_xy, plan.level, (ix1 - ix0, iy1 - iy0)))
+    box = (lx0 - ix0, ly0 - iy0, lx1 - ix0, ly1 - iy0)
+    return np.asarray(lv.resize((tw, th), Image.Resampling[resample.upper()], box=box))
+
+
+def read_region_patches(
+    reader: SlideReader,
+    plan: ResolutionPlan,
+    grid: TileGrid,
+    region: Region,
+    resample: str = "lanczos",
+) -> np.ndarray:
+    """The patches of ``region`` (grid rows ``region.index``): uint8 [n, P, P, 3]."""
+    img = _read_target_region(reader, plan, region, resample)
+    p = grid.patch_t
+    out = np.empty((len(region.index), p, p, 3), np.uint8)
+    offsets = grid.t_xy[region.index] - np.asarray(region.t_xy)
+    for i, (ox, oy) in enumerate(offsets):
+        out[i] = img[oy : oy + p, ox : ox + p]
+    return out
+
+
+class _Batcher:
+    """Collects (index, patches) chunks and cuts them into batches of ``batch_size``."""
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size = batch_size
+        self.chunks: list[tuple[np.ndarray, np.ndarray]] = []
+        self.count = 0
+
+    def add(self, index: np.ndarray, patches: np.ndarray) -> Iterator[PatchBatch]:
+        self.chunks.append((index, patches))
+        self.count += len(index)
+        while self.count >= self.batch_size:
+            yield self._take(self.batch_size)
+
+    def flush(self) -> Iterator[PatchBatch]:
+        if self.count:
+            yield self._take(self.count)
+
+    def _take(self, n: int) -> PatchBatch:
+        idx_parts, patch_parts, need = [], [], n
+        while need:
+            index, patches = self.chunks[0]
+            if len(index) <= need:
+                self.chunks.pop(0)
+                idx_parts.append(index)
+                patch_parts.append(patches)
+                need -= len(index)
+            else:
+                idx_parts.append(index[:need])
+                patch_parts.append(patches[:need])
+                self.chunks[0] = (index[need:], patches[need:])
+                need = 0
+        self.count -= n
+        patches = patch_parts[0] if len(patch_parts) == 1 else np.concatenate(patch_parts)
+        return PatchBatch(np.ascontiguousarray(patches), np.concatenate(idx_parts).astype(np.int64))
+
+
+def _region_error(
+    name: str, plan: ResolutionPlan, region: Region | None, exc: BaseException
+) -> SlideError:
+    where = "while opening it"
+    if region is not None:
+        x, y, w, h = region.l0_box(plan.l0_per_t)
+        where = f"in the region at level-0 ({x}, {y}) size {w}x{h} (level {plan.level})"
+    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return SlideError(f"reading {name} failed {where}: {msg}")
+
+
+def iter_patch_batches(
+    open_reader: Callable[[], SlideReader] | str | Path,
+    plan: ResolutionPlan,
+    grid: TileGrid,
+    *,
+    batch_size: int = 64,
+    region_t: int = 1024,
+    workers: int = 2,
+    queue_size: int | None = None,
+    resample: str = "lanczos",
+) -> Iterator[PatchBatch]:
+    """Every patch of ``grid`` once, at the target resolution, in batches (an iterator).
+
+    Options are checked at the call; reading starts with the first ``next()``.
+
+    ``open_reader`` makes a new reader (called once per worker; a path opens the slide
+    with OpenSlide). ``workers=0`` reads in the calling thread (no threads). ``queue_size``
+    bounds the decoded regions waiting for the consumer (default ``2 * workers``).
+    ``resample``: Pillow filter used when the plan resamples ("lanczos", "bicubic",
+    "bilinear" or "box"; all anti-aliased when shrinking).
+    """
+    if batch_size <= 0 or region_t <= 0 or workers < 0:
+        raise InputError(
+            f"batch size and region size must be positive and workers >= 0, got "
+            f"{batch_size}, {region_t}, {workers}"
+        )
+    if resample not in RESAMPLE_FILTERS:
+        raise InputError(f"unknown resampling filter {resample!r}; use one of {RESAMPLE_FILTERS}")
+    if isinstance(open_reader, (str, Path)):
+        from .reader import open_slide
+
+        slide_path = open_reader
+        open_reader = lambda: open_slide(slide_path)  # noqa: E731
+    regions = plan_regions(grid, region_t)
+    name_box = {"name": "the slide"}
+    if not regions:
+        return _no_batches()
+    if workers == 0:
+        return _iter_inline(open_reader, plan, grid, regions, batch_size, resample, name_box)
+    return _iter_threaded(
+        open_reader,
+        plan,
+        grid,
+        regions,
+        batch_size,
+        resample,
+        workers,
+        queue_size or 2 * workers,
+        name_box,
+    )
+
+
+def _no_batches() -> Iterator[PatchBatch]:
+    yield from ()
+
+
+def _iter_inline(
+    open_reader: Callable[[], SlideReader],
+    plan: ResolutionPlan,
+    grid: TileGrid,
+    regions: list[Region],
+    batch_size: int,
+    resample: str,
+    name_box: dict[str, str],
+) -> Iterator[PatchBatch]:
+    batcher = _Batcher(batch_size)
+    region: Region | None = None
+    try:
+        reader = open_reader()
+    except Exception as exc:
+        raise _region_error(name_box["name"], plan, None, exc) from exc
+    with reader:
+        for region in regions:
+            try:
+                patches = read_region_patches(reader, plan, grid, region, resample)
+            except Exception as exc:
+                raise _region_error(
+                    getattr(reader, "path", "the slide"), plan, region, exc
+                ) from exc
+            yield from batcher.add(region.index, patches)
+    yield from batcher.flush()
+
+
+def _iter_threaded(
+    open_reader: Callable[[], SlideReader],
+    plan: ResolutionPlan,
+    grid: TileGrid,
+    regions: list[Region],
+    batch_size: int,
+    resample: str,
+    workers: int,
+    queue_size: int,
+    name_box: dict[str, str],
+) -> Iterator[PatchBatch]:
+    tasks: queue.SimpleQueue[Region] = queue.SimpleQueue()
+    for region in regions:
+        tasks.put(region)
+    out: queue.Queue[tuple[str, Any, Any]] = queue.Queue(maxsize=max(1, queue_size))
+    stop = threading.Event()
+    n_threads = min(workers, len(regions))
+
+    def put(item: tuple[str, Any, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        reader: SlideReader | None = None
+        region: Region | None = None
+        try:
+            reader = open_reader()
+            name_box["name"] = getattr(reader, "path", name_box["name"])
+            while not stop.is_set():
+                try:
+                    region = tasks.get_nowait()
+                except queue.Empty:
+                    break
+                patches = read_region_patches(reader, plan, grid, region, resample)
+                if not put(("ok", region.index, patches)):
+                    break
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            name = getattr(reader, "path", name_box["name"])
+            put(("error", exc, _region_error(name, plan, region, exc)))
+        finally:
+            if reader is not None:
+                try:
+                    reader.close()
+                except Exception:  # noqa: BLE001 - closing must not mask the real outcome
+                    pass
+            put(("done", None, None))
+
+    threads = [
+        threading.Thread(target=work, name=f"wsi-saliency-reader-{i}", daemon=True)
+        for i in range(n_threads)
+    ]
+    for t in threads:
+        t.start()
+    batcher = _Batcher(batch_size)
+    try:
+        done = 0
+        while done < n_threads:
+            kind, a, b = out.get()
+            if kind == "done":
+                done += 1
+            elif kind == "error":
+                raise b from a
+            else:
+                yield from batcher.add(a, b)
+        yield from batcher.flush()
+    finally:
+        stop.set()
+        while True:  # drop what is queued so nothing stays referenced
+            try:
+                out.get_nowait()
+            except queue.Empty:
+                break
+        for t in threads:
+            t.join(timeout=_JOIN_TIMEOUT_S)

@@ -1,0 +1,209 @@
+"""Tissue detection on a slide thumbnail (about 8-16 microns per pixel), and user masks.
+
+Method ("otsu"): HSV saturation thresholded with Otsu's method (over pixels that are not
+glass, black or pen); near-white glass, near-black pixels (dust, folds, black ink) and pen
+marks are excluded. Pen is told apart from H&E by hue: both eosin (pink) and haematoxylin
+(purple) absorb green, so stained tissue has green as its weakest channel, while blue,
+green and cyan markers do not. Then a closing, filling small holes and removing small
+objects, with sizes given in microns and converted with the thumbnail's mpp.
+
+Masks are bool ``[row, col]`` images of the whole slide; pass the thumbnail's level-0 px
+per mask pixel (``Thumbnail.l0_per_px``) to :func:`~wsi_saliency.slide.tiling.tile_grid`.
+Pure: scikit-image, scipy and numpy; no OpenSlide import.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsi_saliency.errors import DataError, InputError
+
+__all__ = ["Thumbnail", "load_mask", "pen_mask", "slide_thumbnail", "tissue_mask"]
+
+
+@dataclass(frozen=True)
+class Thumbnail:
+    """Whole-slide thumbnail: ``image`` uint8 [H, W, 3], ``mpp``, level-0 px per pixel (x, y)."""
+
+    image: np.ndarray
+    mpp: float
+    l0_per_px: tuple[float, float]
+
+
+def slide_thumbnail(
+    reader: Any, *, l0_mpp: float, thumb_mpp: float = 8.0, max_side: int = 8192
+) -> Thumbnail:
+    """A thumbnail of ``reader`` at about ``thumb_mpp`` (coarser if over ``max_side`` px)."""
+    l0_w, l0_h = reader.dimensions
+    ds = max(thumb_mpp / l0_mpp, max(l0_w, l0_h) / max_side, 1.0)
+    want = (max(1, math.ceil(l0_w / ds)), max(1, math.ceil(l0_h / ds)))
+    image = reader.get_thumbnail(want)
+    h, w = image.shape[:2]
+    l0_per_px = (l0_w / w, l0_h / h)
+    return Thumbnail(image, l0_mpp * (l0_per_px[0] + l0_per_px[1]) / 2, l0_per_px)
+
+
+def _rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
+    from skimage.color import rgb2hsv
+
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] < 3:
+        raise InputError(f"a thumbnail must be an RGB image [rows, cols, 3], got shape {rgb.shape}")
+    return rgb2hsv(rgb[..., :3])
+
+
+def pen_mask(
+    thumbnail_rgb: np.ndarray,
+    *,
+    min_saturation: float = 0.2,
+    hue_range: tuple[float, float] = (0.2, 0.66),
+) -> np.ndarray:
+    """Pixels of blue / green / cyan marker ink: saturated, with a hue H&E never has (bool [H, W]).
+
+    HSV hue in ``hue_range`` (0-1 scale) means green is not the weakest channel relative to
+    red; H&E (pink to purple) lies outside it.
+    """
+    hsv = _rgb_to_hsv(thumbnail_rgb)
+    hue, sat, val = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+    return (hue >= hue_range[0]) & (hue <= hue_range[1]) & (sat >= min_saturation) & (val > 0.1)
+
+
+def _remove_small(mask: np.ndarray, max_px: float, *, holes: bool = False) -> np.ndarray:
+    """Drop connected components of at most ``max_px`` pixels (or fill such enclosed holes)."""
+    from scipy import ndimage
+
+    if max_px < 1:
+        return mask
+    target = ~mask if holes else mask
+    labels, n = ndimage.label(target)
+    if n == 0:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    small = sizes <= max_px
+    small[0] = False
+    if holes:  # background touching the border is not a hole
+        border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+        small[border] = False
+        return mask | small[labels]
+    return mask & ~small[labels]
+
+
+def tissue_mask(
+    thumbnail_rgb: np.ndarray,
+    *,
+    thumb_mpp: float,
+    method: str = "otsu",
+    saturation_threshold: float | None = None,
+    min_saturation: float = 0.05,
+    max_saturation_threshold: float = 0.25,
+    white_value: float = 0.92,
+    black_value: float = 0.2,
+    exclude_pen: bool = True,
+    pen_margin_um: float = 16.0,
+    pen_min_um2: float = 5_000.0,
+    closing_um: float = 20.0,
+    min_object_um2: float = 20_000.0,
+    hole_um2: float = 10_000.0,
+) -> np.ndarray:
+    """Tissue mask (bool ``[H, W]``, same grid as the thumbnail) of an H&E thumbnail.
+
+    ``thumb_mpp``: microns per thumbnail pixel (sizes below are in microns). ``method``:
+    "otsu" (threshold = Otsu on saturation, clipped to [``min_saturation``,
+    ``max_saturation_threshold``]) or "fixed" (``saturation_threshold``, default 0.07).
+    Glass: value > ``white_value`` with low saturation; black: value < ``black_value``;
+    pen: see :func:`pen_mask`; strokes larger than ``pen_min_um2`` (smaller specks of
+    ink or teal debris are left to the saturation test), dilated by ``pen_margin_um``.
+    Objects of at most ``min_object_um2`` are dropped, enclosed holes of at most
+    ``hole_um2`` are filled.
+    """
+    from scipy import ndimage
+    from skimage.filters import threshold_otsu
+    from skimage.morphology import disk
+
+    if not (thumb_mpp and thumb_mpp > 0):
+        raise InputError(f"thumbnail resolution must be a positive mpp, got {thumb_mpp!r}")
+    hsv = _rgb_to_hsv(thumbnail_rgb)
+    sat, val = hsv[..., 1], hsv[..., 2]
+    black = val < black_value
+    glass = (val > white_value) & (sat < 0.1)
+    pen = np.zeros(sat.shape, bool)
+    if exclude_pen:
+        pen = _remove_small(pen_mask(thumbnail_rgb), pen_min_um2 / thumb_mpp**2)
+    if pen.any() and pen_margin_um > 0:
+        pen = ndimage.binary_dilation(pen, disk(max(1, round(pen_margin_um / thumb_mpp))))
+    usable = ~(black | pen)
+
+    if method == "otsu":
+        values = sat[usable]
+        if values.size == 0 or np.ptp(values) == 0:
+            thr = min_saturation
+        else:
+            thr = float(np.clip(threshold_otsu(values), min_saturation, max_saturation_threshold))
+    elif method == "fixed":
+        thr = 0.07 if saturation_threshold is None else float(saturation_threshold)
+    else:
+        raise InputError(f"unknown tissue method {method!r}; use 'otsu' or 'fixed'")
+
+    fg = (sat > thr) & usable & ~glass
+    radius = round(closing_um / thumb_mpp)
+    if radius >= 1:  # pad so the closing does not eat tissue at the image border
+        padded = np.pad(fg, radius, mode="edge")
+        fg = ndimage.binary_closing(padded, disk(radius))[radius:-radius, radius:-radius]
+    px_area = thumb_mpp * thumb_mpp
+    fg = _remove_small(fg, hole_um2 / px_area, holes=True)
+    fg &= usable  # closing and hole filling must not bring ink or black back
+    fg = _remove_small(fg, min_object_um2 / px_area)
+    return fg
+
+
+def load_mask(path: str | Path, shape_rc: tuple[int, int] | None = None) -> np.ndarray:
+    """A user mask image (PNG / TIFF / ..., non-zero = inside) as bool ``[H, W]``.
+
+    The mask covers the whole slide. With ``shape_rc`` it is resized onto that grid (the
+    thumbnail's): by area when shrinking (a cell is inside when at least half of it is),
+    nearest neighbour when enlarging. ``InputError`` when missing, unreadable or when its
+    aspect ratio differs from the grid's by more than 5 %.
+    """
+    from PIL import Image
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"mask file not found: {p}; give a PNG or TIFF covering the whole slide")
+    try:
+        if p.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            arr = np.asarray(tifffile.imread(p))
+        else:
+            with Image.open(p) as img:
+                img.load()
+                arr = np.asarray(img)
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is the same user error
+        raise DataError(f"cannot read mask {p}: {exc}; save it as an 8-bit PNG or TIFF") from None
+    arr = np.squeeze(arr)
+    if arr.ndim == 3:  # RGB(A): any non-zero colour channel counts
+        arr = arr[..., : min(arr.shape[2], 3)].max(axis=2)
+    if arr.ndim != 2 or arr.size == 0:
+        raise DataError(f"mask {p} must be a 2-D image, got shape {arr.shape}; save a grey PNG")
+    mask = arr > 0
+    if shape_rc is None or tuple(shape_rc) == mask.shape:
+        return mask
+    rows, cols = int(shape_rc[0]), int(shape_rc[1])
+    src_aspect, dst_aspect = mask.shape[1] / mask.shape[0], cols / rows
+    if abs(src_aspect / dst_aspect - 1) > 0.05:
+        raise InputError(
+            f"mask {p} is {mask.shape[1]}x{mask.shape[0]} but the slide thumbnail is "
+            f"{cols}x{rows} (aspect {src_aspect:.3f} vs {dst_aspect:.3f}); the mask must cover "
+            "the whole slide"
+        )
+    img = Image.fromarray(mask.astype(np.uint8) * 255)
+    if rows * cols < mask.size:
+        out = np.asarray(img.resize((cols, rows), Image.Resampling.BOX)) >= 128
+    else:
+        out = np.asarray(img.resize((cols, rows), Image.Resampling.NEAREST)) > 0
+    return out
