@@ -1,0 +1,202 @@
+"""`wsi-saliency scan`: pipeline, outputs, cohort behaviour and bad input, on small synthetic
+slides written by the package's generator and a tiny untrained model."""
+
+import csv
+import json
+
+import h5py
+import numpy as np
+import pytest
+import tifffile
+from typer.testing import CliRunner
+
+from wsi_saliency.cli import app
+from wsi_saliency.config import ModelConfig, ScanConfig
+from wsi_saliency.evaluation import dihedral
+from wsi_saliency.scan.pipeline import undo_dihedral
+
+runner = CliRunner()
+MPP = 0.486  # level-0 microns per pixel of the test slides: 2 level-0 px per model px
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from wsi_saliency.model.build import build_model
+    from wsi_saliency.model.io import ModelCard, save_model
+
+    model = build_model(ModelConfig(backbone="tiny", weights="none"))
+    card = ModelCard(backbone="tiny", patch_size=96, patch_mpp=0.972,
+                     gradcam_layer="tiny_stage4_out", preprocess="unit")
+    return save_model(model, card, tmp_path_factory.mktemp("model") / "model.keras")
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory):
+    from wsi_saliency.data.synthetic import random_blob_polygon
+    from wsi_saliency.data.synthetic_slide import write_synthetic_slide
+
+    folder = tmp_path_factory.mktemp("slides")
+    rng = np.random.default_rng(0)
+    lesion = random_blob_polygon(rng, (900.0, 700.0), 250.0, irregularity=0.3, n_vertices=48)
+    tissue = [np.array([[150, 150], [1900, 200], [1850, 1350], [200, 1300]], float)]
+    info = write_synthetic_slide(folder / "small.tif", l0_size_xy=(2048, 1536), mpp=MPP,
+                                 lesions=[lesion], seed=1, tile=256, levels=(1, 4),
+                                 tissue=tissue, pen_mark=False, dark_area=False)
+    return info.path
+
+
+def _scan(args, tiny_model, out):
+    return runner.invoke(app, ["scan", *map(str, args), "--model", str(tiny_model),
+                               "--out", str(out), "--quiet"])
+
+
+def test_scan_writes_every_output_with_frames_and_provenance(slide, tiny_model, tmp_path):
+    result = _scan([slide], tiny_model, tmp_path)
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "small"
+    for name in ("scan.h5", "heatmap.png", "gradcam.png", "tissue.png", "summary.json"):
+        assert (folder / name).is_file(), name
+    assert not list(tmp_path.glob(".*partial"))
+    with h5py.File(folder / "scan.h5") as f:
+        n = f["prob"].shape[0]
+        assert n > 20 and f["coords"].shape == (n, 2) and f["tissue_fraction"].shape == (n,)
+        assert f["gradcam"].shape == (n, 12, 12)  # tiny backbone: 12x12 map per patch
+        a = dict(f.attrs)
+        # A patch covers the same tissue as a PCam patch: 96 x 0.972 / 0.486 = 192 level-0 px.
+        assert a["patch_size_l0"] == pytest.approx(192.0, rel=0.01)
+        assert a["stride_l0"] == pytest.approx(192.0, rel=0.01)
+        assert a["slide_mpp"] == pytest.approx(MPP) and a["target_mpp"] == pytest.approx(0.972)
+        assert tuple(a["slide_dimensions"]) == (2048, 1536)
+        hm = f["heatmap_prob"][()]
+        assert hm.shape == (round(1536 / 192), round(2048 / 192) + 1) or hm.shape[0] * 192 >= 1536
+        assert a["heatmap_prob_downsample"] == pytest.approx(192.0, rel=0.01)
+        assert a["heatmap_gradcam_downsample"] == pytest.approx(16.0, rel=0.01)
+        # Each scored patch's probability sits in the heatmap cell of its coordinates.
+        coords, prob = f["coords"][()], f["prob"][()]
+        cells = np.floor((coords + 1) / a["heatmap_prob_downsample"]).astype(int)
+        np.testing.assert_allclose(hm[cells[:, 1], cells[:, 0]], prob, rtol=1e-6)
+        assert np.isnan(hm).any()  # glass is not scored
+        card = json.loads(a["model_card"])
+        assert card["patch_mpp"] == 0.972 and "versions" in a and "config" in a
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["patches_scored"] == n and summary["read_level"] == 0
+    assert 0 <= summary["score_max"] <= 1 and summary["area_above_threshold_mm2"] >= 0
+    assert summary["patches_per_s"] > 0 and summary["timings_s"]["total_s"] > 0
+    assert summary["versions"]["keras_backend"] == "tensorflow"
+    rows = list(csv.DictReader((tmp_path / "cohort.csv").open()))
+    assert rows[0]["status"] == "done" and float(rows[0]["score_max"]) == pytest.approx(
+        summary["score_max"], abs=1e-5)
+
+
+def test_rerun_skips_complete_slides_and_redoes_interrupted_ones(slide, tiny_model, tmp_path):
+    assert _scan([slide], tiny_model, tmp_path).exit_code == 0
+    again = _scan([slide], tiny_model, tmp_path)
+    assert again.exit_code == 0 and "1 skipped" in again.output
+    (tmp_path / "small" / "summary.json").unlink()  # as if interrupted before the last file
+    redo = _scan([slide], tiny_model, tmp_path)
+    assert "1 scanned" in redo.output and (tmp_path / "small" / "summary.json").is_file()
+    forced = runner.invoke(app, ["scan", str(slide), "--model", str(tiny_model), "--out",
+                                 str(tmp_path), "--overwrite", "--quiet"])
+    assert "1 scanned" in forced.output
+
+
+def test_a_bad_slide_is_reported_and_the_rest_go_on(slide, tiny_model, tmp_path):
+    bad = tmp_path / "in" / "broken.svs"
+    bad.parent.mkdir()
+    bad.write_text("this is not a slide")
+    result = _scan([bad, slide], tiny_model, tmp_path / "out")
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    rows = {r["slide"].split("/")[-1]: r for r in csv.DictReader((tmp_path / "out" / "cohort.csv").open())}
+    assert rows["broken.svs"]["status"] == "failed" and "broken.svs" in rows["broken.svs"]["error"]
+    assert rows["small.tif"]["status"] == "done"
+    assert not (tmp_path / "out" / "broken").exists()
+
+
+def _plain_tiff(path, image, *, resolution=None):
+    kw = {"resolution": resolution, "resolutionunit": "CENTIMETER"} if resolution else {}
+    tifffile.imwrite(path, image, tile=(256, 256), photometric="rgb", compression="jpeg", **kw)
+
+
+def test_slide_without_resolution_needs_slide_mpp(tiny_model, tmp_path):
+    image = np.full((1024, 1024, 3), 235, np.uint8)
+    image[200:800, 200:800] = (200, 120, 170)
+    path = tmp_path / "nompp.tif"
+    _plain_tiff(path, image)
+    result = _scan([path], tiny_model, tmp_path / "out")
+    assert result.exit_code == 1 and "--slide-mpp" in result.output
+    ok = runner.invoke(app, ["scan", str(path), "--model", str(tiny_model), "--out",
+                             str(tmp_path / "out2"), "--slide-mpp", "0.5", "--quiet"])
+    assert ok.exit_code == 0, ok.output
+
+
+def test_blank_slide_gives_empty_heatmaps_score_zero_and_a_warning(tiny_model, tmp_path):
+    path = tmp_path / "blank.tif"
+    _plain_tiff(path, np.full((1024, 1024, 3), 242, np.uint8), resolution=(1e4 / 0.5, 1e4 / 0.5))
+    result = _scan([path], tiny_model, tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert "no tissue" in result.output
+    summary = json.loads((tmp_path / "out" / "blank" / "summary.json").read_text())
+    assert summary["score_max"] == 0 and summary["patches_scored"] == 0
+    with h5py.File(tmp_path / "out" / "blank" / "scan.h5") as f:
+        assert np.isnan(f["heatmap_prob"][()]).all()
+
+
+@pytest.mark.parametrize("case", ["model_without_card", "out_is_a_file", "missing_slide",
+                                  "bad_stride_cells"])
+def test_usage_errors_stop_before_any_work(case, slide, tiny_model, tmp_path):
+    model, out, slides, extra = tiny_model, tmp_path / "out", [slide], []
+    if case == "model_without_card":
+        import keras
+
+        model = tmp_path / "plain.keras"
+        keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)]).save(model)
+    elif case == "out_is_a_file":
+        out.write_text("")
+    elif case == "missing_slide":
+        slides = [tmp_path / "nope.svs"]
+    else:
+        extra = ["--stride", "50"]  # 50 * 12 / 96 is not a whole number of cells
+    result = runner.invoke(app, ["scan", *map(str, slides), "--model", str(model), "--out",
+                                 str(out), "--quiet", *extra])
+    assert result.exit_code == 2, result.output
+    assert result.output.count("error:") == 1 and "Traceback" not in result.output
+    assert not (out.is_dir() and any(out.iterdir()))
+
+
+def test_stride_32_puts_predictions_on_pcam_centres(slide, tiny_model, tmp_path):
+    result = runner.invoke(app, ["scan", str(slide), "--model", str(tiny_model), "--out",
+                                 str(tmp_path), "--stride", "32", "--no-gradcam", "--quiet"])
+    assert result.exit_code == 0, result.output
+    with h5py.File(tmp_path / "small" / "scan.h5") as f:
+        assert f.attrs["stride_l0"] == pytest.approx(64.0, rel=0.01)
+        assert f.attrs["heatmap_prob_downsample"] == pytest.approx(64.0, rel=0.01)
+        assert f["gradcam"].shape[1:] == (0, 0)
+
+
+def test_undo_dihedral_inverts_every_view():
+    maps = np.random.default_rng(0).random((2, 5, 5)).astype(np.float32)
+    for k in range(8):
+        view = dihedral(maps[..., None], k)[..., 0]
+        np.testing.assert_array_equal(undo_dihedral(view, k), maps)
+
+
+def test_tta_scan_runs_and_is_recorded(slide, tiny_model, tmp_path):
+    result = runner.invoke(app, ["scan", str(slide), "--model", str(tiny_model), "--out",
+                                 str(tmp_path), "--tta", "--quiet"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "small" / "summary.json").read_text())
+    assert summary["config"]["tta"] is True
+
+
+@pytest.mark.realdata
+def test_real_aperio_slide_is_resampled_to_the_model_resolution(cmu_slide, tiny_model, tmp_path):
+    result = _scan([cmu_slide], tiny_model, tmp_path)
+    assert result.exit_code == 0, result.output
+    with h5py.File(tmp_path / "CMU-1-Small-Region" / "scan.h5") as f:
+        # 96 x 0.972 / 0.499 = 187 level-0 px per patch (within 1 %).
+        assert f.attrs["patch_size_l0"] == pytest.approx(96 * 0.972 / 0.499, rel=0.01)
+        assert f.attrs["slide_mpp"] == pytest.approx(0.499, abs=1e-3)
+        mask = f["tissue_mask"][()].astype(bool)
+        assert 0.25 < mask.mean() < 0.5  # the section, not the glass
+        assert f["prob"].shape[0] > 50
