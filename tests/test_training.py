@@ -83,6 +83,8 @@ def test_train_writes_a_complete_run_folder(blob_data, tmp_path):
     assert card.backbone == "tiny" and card.patch_mpp == 0.972 and card.seed == 0
     assert card.config["train"]["head_epochs"] == 3 and card.metrics["auc"] == metrics["auc"]
     assert card.versions["keras_backend"] == "tensorflow"
+    # Trained from scratch, BatchNorm learned its statistics (it is frozen only when fine-tuning).
+    assert np.abs(np.asarray(model.get_layer("tiny_stage1_bn1").moving_mean)).max() > 1e-3
     assert result.best_valid_auc == metrics["auc"]
 
 

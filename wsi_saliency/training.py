@@ -305,8 +305,11 @@ def train(
             continue
         resumed_here = state is not None and start_epoch > epoch_base
         if not resumed_here:
-            n_train = set_trainable(model, backbone_from=phase.backbone_from,
-                                    freeze_batchnorm=cfg.train.freeze_batchnorm)
+            # Frozen BatchNorm keeps pretrained statistics while fine-tuning; a network trained
+            # from scratch has no statistics to keep, so its BatchNorm layers must learn them.
+            n_train = set_trainable(
+                model, backbone_from=phase.backbone_from,
+                freeze_batchnorm=cfg.train.freeze_batchnorm and phase.name != "full")
             wrapper.compile(
                 optimizer=keras.optimizers.Adam(phase.lr),
                 loss=keras.losses.BinaryCrossentropy(),
