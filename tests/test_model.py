@@ -85,6 +85,15 @@ def test_missing_weights_file_and_bad_gradcam_layer(tmp_path):
         build_model(ModelConfig(backbone="tiny", weights="none", gradcam_layer="conv9"))
 
 
+def test_backbones_from_scratch_get_batchnorm_that_settles():
+    import keras
+
+    model = build_model(ModelConfig(backbone="mobilenetv2", alpha=0.35, weights="none"))
+    momenta = {layer.momentum for layer in model.layers
+               if isinstance(layer, keras.layers.BatchNormalization)}
+    assert momenta and max(momenta) <= 0.99  # keras' MobileNetV2 default is 0.999
+
+
 def test_set_trainable_freezes_backbone_and_batchnorm():
     model = build_model(ModelConfig(backbone="tiny", weights="none"))
     assert set_trainable(model, backbone_from=None) == 0

@@ -117,6 +117,15 @@ def _weights_arg(cfg: ModelConfig) -> str | None:
     return weights
 
 
+def _settle_batchnorm(base) -> None:
+    """Trained from scratch, BatchNorm's moving statistics must settle within a few hundred
+    steps: MobileNetV2's momentum 0.999 keeps ~70 % of the initial (0, 1) statistics after an
+    epoch of 300 steps, so inference sees the wrong statistics and predicts a constant."""
+    for layer in base.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = min(layer.momentum, 0.99)
+
+
 def build_backbone(cfg: ModelConfig, x):
     """Apply the chosen backbone to tensor ``x`` (already preprocessed); returns its feature map."""
     if cfg.backbone == "tiny":
@@ -134,6 +143,8 @@ def build_backbone(cfg: ModelConfig, x):
         kwargs["alpha"] = cfg.alpha
     try:
         base = constructor(**kwargs)
+        if kwargs["weights"] is None:
+            _settle_batchnorm(base)
     except Exception as exc:  # keras raises a bare Exception on download failure
         text = str(exc)
         if kwargs["weights"] == "imagenet" and ("URL fetch failure" in text or "urlopen" in text):
