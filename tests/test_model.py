@@ -129,3 +129,23 @@ def test_batched_gradcam_equals_one_image_reference(tiny):
 def test_gradcam_unknown_layer(tiny):
     with pytest.raises(ModelError, match="Grad-CAM layer"):
         GradCam(tiny, "conv5_block3_out")
+
+
+def test_reload_under_mixed_precision_keeps_predictions(tmp_path):
+    import dataclasses
+
+    import keras
+
+    from wsi_saliency.config import RunConfig
+
+    cfg = dataclasses.replace(RunConfig(), model=ModelConfig(backbone="tiny", weights="none"))
+    model = build_model(cfg.model)
+    path = save_model(model, _card(config=cfg.to_dict()), tmp_path / "model.keras")
+    x = _patches(4).astype("float32")
+    mixed, _ = load_model(path, dtype_policy="mixed_bfloat16")
+    assert mixed.get_layer("tiny_stage2_conv1").compute_dtype == "bfloat16"
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+    np.testing.assert_allclose(np.asarray(mixed.predict_on_batch(x), np.float32),
+                               np.asarray(model.predict_on_batch(x)), atol=0.05)
+    with pytest.raises(ModelError, match="no training config"):
+        load_model(save_model(model, _card(), tmp_path / "bare.keras"), dtype_policy="mixed_float16")

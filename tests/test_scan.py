@@ -200,3 +200,32 @@ def test_real_aperio_slide_is_resampled_to_the_model_resolution(cmu_slide, tiny_
         mask = f["tissue_mask"][()].astype(bool)
         assert 0.25 < mask.mean() < 0.5  # the section, not the glass
         assert f["prob"].shape[0] > 50
+
+
+def test_user_tissue_mask_and_roi_replace_the_automatic_mask(slide, tiny_model, tmp_path):
+    from PIL import Image
+
+    from wsi_saliency.data.annotations import Annotation, write_asap_xml
+
+    masks, rois = tmp_path / "masks", tmp_path / "rois"
+    masks.mkdir()
+    rois.mkdir()
+    left = np.zeros((150, 200), np.uint8)
+    left[:, :100] = 255  # the left half of the slide is "tissue"
+    Image.fromarray(left).save(masks / "small.png")
+    box = np.array([[0, 0], [1024, 0], [1024, 768], [0, 768]], float)  # top-left quarter
+    write_asap_xml(rois / "small.xml", [Annotation("roi", "_0", box)])
+    result = runner.invoke(app, ["scan", str(slide), "--model", str(tiny_model), "--out",
+                                 str(tmp_path / "out"), "--tissue-masks", str(masks), "--roi",
+                                 str(rois), "--no-gradcam", "--quiet"])
+    assert result.exit_code == 0, result.output
+    with h5py.File(tmp_path / "out" / "small" / "scan.h5") as f:
+        coords = f["coords"][()]
+        assert len(coords) > 0
+        assert (coords[:, 0] + 96 <= 1024).all() and (coords[:, 1] + 96 <= 768).all()
+        assert f["tissue_mask"][()][:, :5].all()  # the user's mask, not the automatic one
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    missing = runner.invoke(app, ["scan", str(slide), "--model", str(tiny_model), "--out",
+                                  str(tmp_path / "out2"), "--roi", str(empty), "--quiet"])
+    assert missing.exit_code == 1 and "no region of interest for small.tif" in missing.output

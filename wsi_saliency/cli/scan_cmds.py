@@ -37,6 +37,8 @@ def scan_command(
     gradcam_layer: Annotated[Optional[str], typer.Option(help="Layer for Grad-CAM (default: from the model file).")] = None,
     tta: Annotated[bool, typer.Option("--tta", help="8-fold dihedral test-time augmentation.")] = False,
     workers: Annotated[Optional[int], typer.Option(help="Slide-reading threads.")] = None,
+    tissue_masks: Annotated[Optional[Path], typer.Option(help="Folder of your own tissue masks, <slide stem>.png|tif (whole slide, non-zero = tissue).")] = None,
+    roi: Annotated[Optional[Path], typer.Option(help="Folder of regions of interest, <slide stem>.xml (ASAP) or .png|tif.")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="Any scan option as scan.key=value.")] = [],  # noqa: B006
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Rescan slides whose outputs are complete.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
@@ -61,16 +63,16 @@ def scan_command(
         card = read_card(model)
         check_stride(card.patch_size, cfg.stride or card.patch_size, cfg.gradcam_cells)
         paths = expand_slides(slides)
+        for folder, what in ((tissue_masks, "--tissue-masks"), (roi, "--roi")):
+            if folder is not None and not folder.is_dir():
+                raise InputError(f"{what} {folder} is not a folder: pass a folder of per-slide files")
         _check_writable(out)
         quiet_tensorflow()
-        if cfg.mixed_precision != "off":
-            from wsi_saliency.backend import configure_precision
-
-            configure_precision(cfg.mixed_precision)
         from wsi_saliency.scan.cohort import scan_cohort
 
         rows = scan_cohort(paths, model, out, cfg, overwrite=overwrite, progress=not quiet,
-                           log=lambda m: typer.echo(m, err=True), debug=STATE.debug)
+                           log=lambda m: typer.echo(m, err=True), debug=STATE.debug,
+                           tissue_masks=tissue_masks, rois=roi)
         failed = [r for r in rows if r.status == "failed"]
         done = sum(r.status == "done" for r in rows)
         skipped = sum(r.status == "skipped" for r in rows)

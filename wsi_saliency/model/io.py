@@ -124,16 +124,45 @@ def read_card(path: str | Path) -> ModelCard:
         raise ModelError(f"model file {path} has unreadable metadata ({exc})") from None
 
 
-def load_model(path: str | Path):
-    """Load ``(model, card)`` in Keras safe mode, without the optimizer."""
+def load_model(path: str | Path, *, dtype_policy: str | None = None):
+    """Load ``(model, card)`` in Keras safe mode, without the optimizer.
+
+    With ``dtype_policy`` (e.g. ``"mixed_float16"`` for inference on a GPU) the model is rebuilt
+    from the training config in its card under that policy and the file's weights are loaded
+    into it; a saved model otherwise keeps the float32 policy it was saved with.
+    """
     import keras
 
     import wsi_saliency.model.build  # noqa: F401  (registers the custom layers)
 
     card = read_card(path)
+    if dtype_policy and dtype_policy != "float32":
+        return _rebuild(path, card, dtype_policy), card
     try:
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises many types for a broken archive
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise ModelError(f"model file {path} cannot be loaded by Keras: {first}") from None
     return model, card
+
+
+def _rebuild(path: str | Path, card: ModelCard, dtype_policy: str):
+    import dataclasses
+
+    import keras
+
+    from wsi_saliency.config import config_from_dict
+    from wsi_saliency.model.build import build_model
+
+    if not card.config:
+        raise ModelError(f"model file {path} has no training config in its card: it can only "
+                         "run in float32 (drop mixed precision)")
+    model_cfg = dataclasses.replace(config_from_dict(card.config).model, weights="none")
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(dtype_policy)
+    try:
+        model = build_model(model_cfg)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    model.load_weights(path)
+    return model

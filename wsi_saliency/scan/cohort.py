@@ -56,7 +56,18 @@ def expand_slides(items: Iterable[str]) -> list[Path]:
     return unique
 
 
-def is_complete(folder: Path, *, gradcam: bool = True) -> bool:
+def find_mask(folder: Path, slide: Path, what: str, extra: tuple[str, ...] = ()) -> Path:
+    """``folder/<slide stem>.{png,tif,tiff[,xml]}``; ``InputError`` naming the slide if absent."""
+    suffixes = (".png", ".tif", ".tiff", *extra)
+    for suffix in suffixes:
+        candidate = folder / f"{slide.stem}{suffix}"
+        if candidate.is_file():
+            return candidate
+    raise InputError(f"no {what} for {slide.name} in {folder} (looked for {slide.stem}"
+                     f"{{{','.join(suffixes)}}})")
+
+
+def is_complete(folder: Path) -> bool:
     return all((folder / name).is_file() for name in SLIDE_FILES)
 
 
@@ -132,14 +143,25 @@ def scan_cohort(
     progress: bool = True,
     log: Callable[[str], None] = print,
     debug: bool = False,
+    tissue_masks: Path | None = None,
+    rois: Path | None = None,
 ) -> list[CohortRow]:
-    """Scan ``slides`` with the model at ``model_path`` into ``out``; returns one row per slide."""
+    """Scan ``slides`` with the model at ``model_path`` into ``out``; returns one row per slide.
+
+    ``tissue_masks`` / ``rois``: folders holding, per slide, ``<stem>.png|tif|tiff`` (a mask
+    covering the whole slide; ROIs may also be ``<stem>.xml`` ASAP outlines).
+    """
     from tqdm import tqdm
 
     from wsi_saliency.model.io import load_model, software_versions
     from wsi_saliency.scan.pipeline import PatchScorer, scan_slide
 
-    model, card = load_model(model_path)
+    policy = None
+    if cfg.mixed_precision != "off":
+        from wsi_saliency.backend import configure_precision
+
+        policy = configure_precision(cfg.mixed_precision)
+    model, card = load_model(model_path, dtype_policy=policy)
     scorer = PatchScorer(model, card, gradcam=cfg.gradcam, layer=cfg.gradcam_layer, tta=cfg.tta)
     versions = software_versions()
     rows: list[CohortRow] = []
@@ -154,7 +176,11 @@ def scan_cohort(
         shutil.rmtree(partial, ignore_errors=True)
         t0 = time.perf_counter()
         try:
-            result = scan_slide(slide, model, card, cfg, scorer=scorer, progress=progress)
+            result = scan_slide(
+                slide, model, card, cfg, scorer=scorer, progress=progress,
+                tissue=None if tissue_masks is None else find_mask(tissue_masks, slide, "tissue mask"),
+                roi=None if rois is None else find_mask(rois, slide, "region of interest",
+                                                        (".xml",)))
             for note in result.warnings:
                 log(f"warning: {note}")
             write_slide_outputs(result, partial, model_path=model_path, card=card, cfg=cfg,

@@ -159,15 +159,16 @@ def scan_slide(
     cfg: ScanConfig = ScanConfig(),  # noqa: B008 - frozen dataclass
     *,
     scorer: PatchScorer | None = None,
-    tissue: np.ndarray | None = None,
-    roi: np.ndarray | None = None,
+    tissue: np.ndarray | str | Path | None = None,
+    roi: np.ndarray | str | Path | None = None,
     progress: bool = False,
 ) -> SlideResult:
     """Scan the slide at ``path`` with ``model`` (whose ``card`` gives patch size and mpp).
 
-    ``tissue``: a user tissue mask (bool [h, w], any size, covering the whole slide) used
-    instead of the automatic one; ``roi``: a region of interest (bool [h, w], whole slide)
-    patches must lie in. ``scorer``: reuse one ``PatchScorer`` across slides.
+    ``tissue``: a user tissue mask used instead of the automatic one: bool [h, w] of any size
+    covering the whole slide, or an image file (PNG/TIFF, non-zero = tissue). ``roi``: a region
+    of interest patches must lie in (at least half inside): an array or image file as above,
+    or ASAP/Camelyon16 XML outlines. ``scorer``: reuse one ``PatchScorer`` across slides.
     """
     from tqdm import tqdm
 
@@ -193,10 +194,12 @@ def scan_slide(
 
         t = time.perf_counter()
         thumb = slide_thumbnail(reader, l0_mpp=plan.l0_mpp, thumb_mpp=cfg.thumb_mpp)
+        thumb_shape = thumb.image.shape[:2]
         if tissue is None:
             mask = tissue_mask(thumb.image, thumb_mpp=thumb.mpp)
         else:
-            mask = _fit_mask(tissue, thumb.image.shape[:2])
+            mask = _user_mask(tissue, thumb_shape, thumb.l0_per_px)
+        roi_mask = None if roi is None else _user_mask(roi, thumb_shape, thumb.l0_per_px)
         l0_size = tuple(int(v) for v in reader.dimensions)
         ds = max(max(l0_size) / OVERVIEW_MAX_SIDE, 1.0)
         overview = reader.get_thumbnail((max(1, round(l0_size[0] / ds)),
@@ -207,8 +210,7 @@ def scan_slide(
     t = time.perf_counter()
     grid = tile_grid(l0_size, plan, patch_t=patch, stride_t=stride, mask=mask,
                      mask_l0_per_px=thumb.l0_per_px, min_tissue_fraction=cfg.min_tissue_fraction,
-                     roi=None if roi is None else _fit_mask(roi, thumb.image.shape[:2]),
-                     roi_l0_per_px=None if roi is None else thumb.l0_per_px,
+                     roi=roi_mask, roi_l0_per_px=None if roi is None else thumb.l0_per_px,
                      cover_edges=True)  # edge patches read white beyond the slide
     timings["tiling_s"] = time.perf_counter() - t
     if len(grid) == 0:
@@ -264,6 +266,20 @@ def scan_slide(
         n_candidates=grid.n_candidates, n_skipped_tissue=grid.n_skipped_tissue,
         timings=timings, warnings=notes, config=cfg,
     )
+
+
+def _user_mask(source, shape_rc: tuple[int, int], l0_per_px: tuple[float, float]) -> np.ndarray:
+    """A user mask (array, image file or ASAP XML outlines) on the thumbnail grid."""
+    if isinstance(source, (str, Path)):
+        source = Path(source)
+        if source.suffix.lower() == ".xml":
+            from wsi_saliency.data.annotations import rasterize, read_asap_xml
+
+            return rasterize(read_asap_xml(source), shape_rc, float(np.mean(l0_per_px)))
+        from wsi_saliency.slide.tissue import load_mask
+
+        return load_mask(source, shape_rc)
+    return _fit_mask(source, shape_rc)
 
 
 def _fit_mask(mask: np.ndarray, shape_rc: tuple[int, int]) -> np.ndarray:
