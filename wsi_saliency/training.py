@@ -204,6 +204,8 @@ def _card(cfg: RunConfig, metrics: dict[str, Any]):
 
 def check_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
     """Refuse to mix a new run into an old one before any work is done."""
+    from wsi_saliency.outputs.atomic import ensure_writable_dir
+
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"output {out} exists and is not a folder: choose another --out")
@@ -217,13 +219,7 @@ def check_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
         )
     if resume and state is None and out.is_dir() and any(out.iterdir()) and not finished:
         raise InputError(f"--resume: {out} has no checkpoint to resume from; use --overwrite")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise InputError(f"cannot write to output folder {out} ({exc.strerror})") from None
+    ensure_writable_dir(out)
 
 
 def train(

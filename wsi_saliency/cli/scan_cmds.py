@@ -11,19 +11,6 @@ from wsi_saliency.cli._common import STATE, cli_errors, quiet_tensorflow
 from wsi_saliency.errors import InputError
 
 
-def _check_writable(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise InputError(f"output {out} exists and is not a folder: choose another --out")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise InputError(f"cannot write to output folder {out} ({exc.strerror}): "
-                         "choose a writable --out") from None
-
-
 def scan_command(
     slides: Annotated[list[str], typer.Argument(help="Slide files, folders or glob patterns.")],
     model: Annotated[Path, typer.Option("--model", "-m", help="model.keras written by train.")],
@@ -66,7 +53,9 @@ def scan_command(
         for folder, what in ((tissue_masks, "--tissue-masks"), (roi, "--roi")):
             if folder is not None and not folder.is_dir():
                 raise InputError(f"{what} {folder} is not a folder: pass a folder of per-slide files")
-        _check_writable(out)
+        from wsi_saliency.outputs.atomic import ensure_writable_dir
+
+        ensure_writable_dir(out)
         quiet_tensorflow()
         from wsi_saliency.scan.cohort import scan_cohort
 

@@ -29,6 +29,27 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def ensure_writable_dir(out: str | Path) -> Path:
+    """Create folder ``out`` and check that files can be written in it, before any work.
+
+    ``InputError`` (one line) when it is a file or cannot be written.
+    """
+    from wsi_saliency.errors import InputError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output {out} exists and is not a folder: choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise InputError(f"cannot write to output folder {out} ({exc.strerror}): "
+                         "choose a writable --out") from None
+    return out
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
