@@ -6,7 +6,11 @@ Patches in a batch are independent (the model runs in inference mode), so the gr
 sum_b z_b gives every patch's own gradient at once. Maps are NOT normalised per patch: their
 raw scale is comparable across the slide, which stitching relies on.
 
-Only the gradient itself is backend-specific (``_gradients_*``); the rest is ``keras.ops``.
+The model is split at the target layer into a feature model (input -> [A, probability]) and
+a head (A -> logit), both sharing the model's layers, so the gradient is taken with respect
+to a plain input of the head. Only that gradient is backend-specific (``_gradients_*``:
+``tf.GradientTape``, ``jax.grad`` over a stateless call, ``torch.autograd``); the rest is
+``keras.ops``.
 """
 
 from __future__ import annotations
@@ -14,27 +18,40 @@ from __future__ import annotations
 import numpy as np
 
 
+def split_at(model, layer_name: str, logit_layer: str = "logit"):
+    """``(feature_model, head)``: input -> [target features, probability]; features -> logit."""
+    import keras
+
+    from wsi_saliency.errors import ModelError
+
+    try:
+        target = model.get_layer(layer_name).output
+        logit = model.get_layer(logit_layer).output
+    except ValueError as exc:
+        raise ModelError(f"Grad-CAM layer not found in the model: {exc}") from None
+    feature_model = keras.Model(model.inputs, [target, model.output])
+    try:
+        head = keras.Model(target, logit)
+    except ValueError as exc:
+        raise ModelError(
+            f"the logit does not depend on {layer_name!r} alone (Grad-CAM needs a layer the "
+            f"whole head hangs from, e.g. the last convolutional block): {exc}"
+        ) from None
+    return feature_model, head
+
+
 class GradCam:
     """``GradCam(model, layer_name)(x) -> (prob float32 [B], cam float32 [B, h, w])``.
 
-    ``x``: RGB patches [B, P, P, 3], uint8 or float in [0, 255]. The gradient model is built
+    ``x``: RGB patches [B, P, P, 3], uint8 or float in [0, 255]. The gradient models are built
     once here (not on every call) and the wrapped model is never modified.
     """
 
     def __init__(self, model, layer_name: str, logit_layer: str = "logit", *, jit: bool = True):
-        import keras
-
         self.layer_name = layer_name
-        try:
-            target = model.get_layer(layer_name).output
-            logit = model.get_layer(logit_layer).output
-        except ValueError as exc:
-            from wsi_saliency.errors import ModelError
-
-            raise ModelError(f"Grad-CAM layer not found in the model: {exc}") from None
-        self.grad_model = keras.Model(model.inputs, [target, logit, model.output])
-        self.map_shape = tuple(int(d) for d in target.shape[1:3])
-        self._fn = _build_fn(self.grad_model, jit=jit)
+        self.feature_model, self.head = split_at(model, layer_name, logit_layer)
+        self.map_shape = tuple(int(d) for d in self.feature_model.outputs[0].shape[1:3])
+        self._fn = _build_fn(self.feature_model, self.head, jit=jit)
 
     def __call__(self, x) -> tuple[np.ndarray, np.ndarray]:
         prob, cam = self._fn(np.asarray(x, dtype=np.float32))
@@ -52,26 +69,30 @@ def cam_from_gradients(features, grads):
     return ops.relu(ops.sum(alpha * features, axis=-1))
 
 
-def _build_fn(grad_model, *, jit: bool):
+def _build_fn(feature_model, head, *, jit: bool):
     import keras
 
     backend = keras.backend.backend()
     if backend == "tensorflow":
-        return _gradients_tensorflow(grad_model, jit=jit)
-    raise NotImplementedError(f"Grad-CAM is not implemented for the {backend} backend yet")
+        return _gradients_tensorflow(feature_model, head, jit=jit)
+    if backend == "jax":
+        return _gradients_jax(feature_model, head, jit=jit)
+    if backend == "torch":
+        return _gradients_torch(feature_model, head)
+    raise NotImplementedError(f"Grad-CAM is not implemented for the {backend} backend")
 
 
-def _gradients_tensorflow(grad_model, *, jit: bool):
+def _gradients_tensorflow(feature_model, head, *, jit: bool):
     import tensorflow as tf
 
     @tf.function(jit_compile=jit, reduce_retracing=True)
     def run(x):
+        features, prob = feature_model(x, training=False)
         with tf.GradientTape() as tape:
-            features, logit, prob = grad_model(x, training=False)
-            total = tf.reduce_sum(tf.cast(logit, tf.float32))
+            tape.watch(features)
+            total = tf.reduce_sum(tf.cast(head(features, training=False), tf.float32))
         grads = tape.gradient(total, features)
-        cam = cam_from_gradients(features, grads)
-        return tf.cast(prob, tf.float32), cam
+        return tf.cast(prob, tf.float32), cam_from_gradients(features, grads)
 
     def call(x: np.ndarray):
         prob, cam = run(tf.convert_to_tensor(x))
@@ -80,24 +101,82 @@ def _gradients_tensorflow(grad_model, *, jit: bool):
     return call
 
 
+def _gradients_jax(feature_model, head, *, jit: bool):
+    import jax
+    import jax.numpy as jnp
+
+    def state(model):
+        return ([v.value for v in model.trainable_variables],
+                [v.value for v in model.non_trainable_variables])
+
+    def run(f_state, h_state, x):
+        (features, prob), _ = feature_model.stateless_call(*f_state, x, training=False)
+
+        def total(f):
+            logit, _ = head.stateless_call(*h_state, f, training=False)
+            return jnp.sum(logit.astype(jnp.float32))
+
+        grads = jax.grad(total)(features)
+        return prob.astype(jnp.float32), cam_from_gradients(features, grads)
+
+    run = jax.jit(run) if jit else run
+    f_state, h_state = state(feature_model), state(head)
+
+    def call(x: np.ndarray):
+        prob, cam = run(f_state, h_state, jnp.asarray(x))
+        return np.asarray(prob), np.asarray(cam)
+
+    return call
+
+
+def _gradients_torch(feature_model, head):
+    import keras
+    import torch
+
+    def call(x: np.ndarray):
+        with torch.no_grad():
+            features, prob = feature_model(keras.ops.convert_to_tensor(x), training=False)
+        f = features.detach().requires_grad_(True)
+        with torch.enable_grad():
+            total = head(f, training=False).float().sum()
+            (grads,) = torch.autograd.grad(total, f)
+        with torch.no_grad():
+            cam = cam_from_gradients(f.detach(), grads)
+        return (keras.ops.convert_to_numpy(prob.float()), keras.ops.convert_to_numpy(cam))
+
+    return call
+
+
 def gradcam_reference(model, layer_name: str, image: np.ndarray, logit_layer: str = "logit"):
-    """Plain one-image Grad-CAM (TensorFlow, no batching, no jit): the test oracle.
+    """Plain one-image Grad-CAM, the test oracle: no batching, no jit, the weighting in numpy
+    (float64), the gradient by the backend's most direct means.
 
     ``image``: [P, P, 3] in [0, 255]. Returns (prob float, cam float32 [h, w]).
     """
     import keras
-    import tensorflow as tf
 
-    grad_model = keras.Model(
-        model.inputs,
-        [model.get_layer(layer_name).output, model.get_layer(logit_layer).output, model.output],
-    )
-    x = tf.convert_to_tensor(np.asarray(image, np.float32)[None])
-    with tf.GradientTape() as tape:
-        features, logit, prob = grad_model(x, training=False)
-        z = logit[0, 0]
-    grads = tape.gradient(z, features)[0].numpy().astype(np.float64)
-    fmap = features[0].numpy().astype(np.float64)
-    weights = grads.mean(axis=(0, 1))
-    cam = np.maximum((fmap * weights).sum(axis=-1), 0.0)
-    return float(prob.numpy().ravel()[0]), cam.astype(np.float32)
+    feature_model, head = split_at(model, layer_name, logit_layer)
+    x = np.asarray(image, np.float32)[None]
+    features, prob = feature_model(keras.ops.convert_to_tensor(x), training=False)
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            tape.watch(features)
+            z = head(features, training=False)[0, 0]
+        grads = tape.gradient(z, features)
+    elif backend == "jax":
+        import jax
+
+        grads = jax.grad(lambda f: head(f, training=False)[0, 0])(features)
+    else:
+        import torch
+
+        f = features.detach().requires_grad_(True)
+        with torch.enable_grad():
+            (grads,) = torch.autograd.grad(head(f, training=False)[0, 0], f)
+    grads = keras.ops.convert_to_numpy(grads)[0].astype(np.float64)
+    fmap = keras.ops.convert_to_numpy(features)[0].astype(np.float64)
+    cam = np.maximum((fmap * grads.mean(axis=(0, 1))).sum(axis=-1), 0.0)
+    return float(keras.ops.convert_to_numpy(prob).ravel()[0]), cam.astype(np.float32)
