@@ -120,10 +120,11 @@ def _gradients_jax(feature_model, head, *, jit: bool):
         return prob.astype(jnp.float32), cam_from_gradients(features, grads)
 
     run = jax.jit(run) if jit else run
-    f_state, h_state = state(feature_model), state(head)
 
     def call(x: np.ndarray):
-        prob, cam = run(f_state, h_state, jnp.asarray(x))
+        # Read the variables at every call: Keras' own jitted steps donate their buffers, so
+        # arrays captured earlier may have been deleted.
+        prob, cam = run(state(feature_model), state(head), jnp.asarray(x))
         return np.asarray(prob), np.asarray(cam)
 
     return call
