@@ -73,7 +73,10 @@ def test_train_writes_a_complete_run_folder(blob_data, tmp_path):
     for name in ("model.keras", "config.yaml", "metrics.json", "run.json",
                  "logs/history.csv", "checkpoints/last.keras", "checkpoints/state.json"):
         assert (out / name).is_file(), name
-    assert any((out / "logs" / "tensorboard").rglob("events.out.tfevents*"))
+    from wsi_saliency.training import _tensorboard_available
+
+    if _tensorboard_available():  # TensorBoard logs need tensorflow + tensorboard
+        assert any((out / "logs" / "tensorboard").rglob("events.out.tfevents*"))
     rows = list(csv.DictReader((out / "logs" / "history.csv").open()))
     assert len(rows) == 3
     assert {"loss", "accuracy", "auc", "val_loss", "val_accuracy", "val_auc"} <= set(rows[0])
@@ -82,7 +85,9 @@ def test_train_writes_a_complete_run_folder(blob_data, tmp_path):
     model, card = load_model(out / "model.keras")
     assert card.backbone == "tiny" and card.patch_mpp == 0.972 and card.seed == 0
     assert card.config["train"]["head_epochs"] == 3 and card.metrics["auc"] == metrics["auc"]
-    assert card.versions["keras_backend"] == "tensorflow"
+    import keras
+
+    assert card.versions["keras_backend"] == keras.backend.backend()
     # Trained from scratch, BatchNorm learned its statistics (it is frozen only when fine-tuning).
     assert np.abs(np.asarray(model.get_layer("tiny_stage1_bn1").moving_mean)).max() > 1e-3
     assert result.best_valid_auc == metrics["auc"]
