@@ -422,6 +422,7 @@ def _pen_polygon(rng: np.random.Generator, w: int, h: int, mpp: float,
 def write_synthetic_slide(path: str | os.PathLike[str], *, l0_size_xy: tuple[int, int],
                           mpp: float, lesions: Sequence[np.ndarray], seed: int, tile: int = 512,
                           levels: Sequence[int] = (1, 4, 16), jpeg_quality: int = 85,
+                          compression: str = "jpeg",
                           blank_fraction: float = 0.5,
                           tissue: Sequence[np.ndarray] | None = None,
                           pen_mark: bool = True, dark_area: bool = True) -> SyntheticSlideInfo:
@@ -444,6 +445,8 @@ def write_synthetic_slide(path: str | os.PathLike[str], *, l0_size_xy: tuple[int
         tile: TIFF tile side (multiple of 16, divisible by every downsample).
         levels: downsample of each pyramid level, starting with 1.
         jpeg_quality: JPEG quality of every level.
+        compression: ``"jpeg"`` (needs imagecodecs) or ``"zlib"`` (deflate, lossless, no
+            extra package; larger files). OpenSlide reads both.
         blank_fraction: fraction of the slide left as bare glass when ``tissue`` is generated.
         tissue: tissue outlines; default :func:`make_tissue_polygons` with
             ``default_rng([seed, 1])``.
@@ -494,8 +497,11 @@ def write_synthetic_slide(path: str | os.PathLike[str], *, l0_size_xy: tuple[int
 
     ntx, nty = math.ceil(w / tile), math.ceil(h / tile)
     res_cm = 1e4 / mpp
-    common = dict(photometric="rgb", compression="jpeg",
-                  compressionargs={"level": int(jpeg_quality)}, resolutionunit="CENTIMETER",
+    if compression not in ("jpeg", "zlib"):
+        raise ValueError(f"compression must be 'jpeg' or 'zlib', got {compression!r}")
+    common = dict(photometric="rgb", compression=compression,
+                  compressionargs={"level": int(jpeg_quality) if compression == "jpeg" else 6},
+                  resolutionunit="CENTIMETER",
                   metadata=None)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = path.with_name(f".{path.name}.tmp-{os.getpid()}")

@@ -162,7 +162,8 @@ def scan_cohort(
 
         policy = configure_precision(cfg.mixed_precision)
     model, card = load_model(model_path, dtype_policy=policy)
-    scorer = PatchScorer(model, card, gradcam=cfg.gradcam, layer=cfg.gradcam_layer, tta=cfg.tta)
+    scorer = PatchScorer(model, card, gradcam=cfg.gradcam, layer=cfg.gradcam_layer, tta=cfg.tta,
+                         batch_size=max(1, cfg.batch_size // 8) if cfg.tta else cfg.batch_size)
     versions = software_versions()
     rows: list[CohortRow] = []
     bar = tqdm(slides, desc="slides", unit="slide", disable=not progress or len(slides) < 2)

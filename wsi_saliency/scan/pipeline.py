@@ -125,20 +125,28 @@ class PatchScorer:
     """
 
     def __init__(self, model, card, *, gradcam: bool = True, layer: str | None = None,
-                 tta: bool = False):
+                 tta: bool = False, batch_size: int | None = None):
         from wsi_saliency.model.gradcam import GradCam
 
         self.model = model
         self.tta = tta
+        # Batches are padded to one size: a compiled (XLA / jit) step is traced once per
+        # shape, and a slide's last, partial batch would otherwise compile a second time.
+        self.batch_size = batch_size
         self.layer = layer or card.gradcam_layer
         self.gradcam = GradCam(model, self.layer, card.logit_layer) if gradcam else None
         self.map_shape = self.gradcam.map_shape if self.gradcam else (0, 0)
 
     def _once(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        n = len(x)
+        size = (8 if self.tta else 1) * (self.batch_size or 0)
+        if n < size:
+            x = np.concatenate([x, np.zeros((size - n, *x.shape[1:]), x.dtype)])
         if self.gradcam is not None:
-            return self.gradcam(x)
+            prob, cam = self.gradcam(x)
+            return prob[:n], cam[:n]
         prob = np.asarray(self.model.predict_on_batch(x.astype(np.float32)), np.float32)
-        return prob.reshape(-1), None
+        return prob.reshape(-1)[:n], None
 
     def __call__(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         if not self.tta:
@@ -180,8 +188,9 @@ def scan_slide(
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     notes: list[str] = []
+    batch_size = max(1, cfg.batch_size // 8) if cfg.tta else cfg.batch_size
     scorer = scorer or PatchScorer(model, card, gradcam=cfg.gradcam, layer=cfg.gradcam_layer,
-                                   tta=cfg.tta)
+                                   tta=cfg.tta, batch_size=batch_size)
     patch = int(card.patch_size)
     stride = int(cfg.stride or patch)
 
@@ -226,7 +235,6 @@ def scan_slide(
     cams = np.zeros((n, *scorer.map_shape), np.float32)
     model_s = 0.0
     t = time.perf_counter()
-    batch_size = max(1, cfg.batch_size // 8) if cfg.tta else cfg.batch_size
     bar = tqdm(total=n, desc=path.name, unit="patch", disable=not progress, leave=False)
     try:
         for batch in iter_patch_batches(lambda: open_slide(path), plan, grid,
