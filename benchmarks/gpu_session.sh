@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# One run on a lent GPU machine (JAX backend: the machine has JAX and PyTorch, no TensorFlow).
+# Needs, carried beside the checkout: .whl/ (keras, optree, namex, openslide-python,
+# openslide-bin wheels for its Python 3.12) and .device_data/ai4all.tgz (a subset of
+# ../shared/data/pcam-ai4all: 6,000 train + all 3,000 valid patches; the whole set does not
+# fit the 64 MiB a run may carry). Writes what it measured to $OUT.
+set -u
+export PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD KERAS_BACKEND=jax
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+python3 -m wsi_saliency info | tee -a "$OUT/gpu.txt"
+mkdir -p /tmp/data && tar -xzf .device_data/ai4all.tgz -C /tmp/data
+# 1. ResNet50 from scratch on real PCam patches (no ImageNet weights can be fetched there).
+( time python3 -m wsi_saliency train --data /tmp/data/ai4all --backbone resnet50 --weights none \
+    --head-epochs 12 --batch-size 128 --set train.lr_schedule=cosine --set train.head_lr=1e-3 \
+    --set train.verbose=2 --set train.early_stopping_patience=0 --set data.cache_dir=/tmp/cache \
+    --out /tmp/run_resnet50 ) > "$OUT/train.log" 2>&1
+tail -25 "$OUT/train.log"
+cp /tmp/run_resnet50/metrics.json "$OUT/train_metrics.json"
+cp /tmp/run_resnet50/run.json "$OUT/train_run.json"
+cp /tmp/run_resnet50/logs/history.csv "$OUT/train_history.csv"
+# 2. A large synthetic slide scanned with that model: end-to-end against model-only patches/s.
+python3 benchmarks/bench_scan_large.py --size 30000x24000 --workers 16 --batch-size 256 \
+    --model /tmp/run_resnet50/model.keras --mixed-precision auto \
+    --json "$OUT/scan_large_resnet50.json" 2>&1 | tail -45
