@@ -120,3 +120,26 @@ def test_training_learns_the_blob_task(blob_data, tmp_path):
     result = train(_cfg(blob_data, "train.head_epochs=6", "train.lr_schedule=cosine"),
                    tmp_path / "run", log=lambda m: None)
     assert result.metrics["auc"] >= 0.95
+
+
+def test_precise_batchnorm_uses_raw_train_statistics(blob_data):
+    import keras
+
+    from wsi_saliency.config import ModelConfig
+    from wsi_saliency.data.pcam import open_pcam
+    from wsi_saliency.model.build import build_model
+    from wsi_saliency.training import recalibrate_batchnorm
+
+    model = build_model(ModelConfig(backbone="tiny", weights="none"))
+    with open_pcam(blob_data, "train") as split:
+        assert recalibrate_batchnorm(model, split, 32, 4) == 8
+        x, _ = split.read(slice(0, 256))
+    first = model.get_layer("tiny_stage1_bn1")
+    assert first.momentum == 0.9  # restored
+    conv = keras.Model(model.inputs, model.get_layer("tiny_stage1_conv1").output)
+    features = np.asarray(conv(x.astype("float32")))
+    # The moving mean is now the mean of the conv output over the raw batches (not 0).
+    np.testing.assert_allclose(np.asarray(first.moving_mean), features.mean(axis=(0, 1, 2)),
+                               rtol=0.15, atol=0.02)
+    first.trainable = False
+    assert recalibrate_batchnorm(model, open_pcam(blob_data, "train"), 32, 1) == 7

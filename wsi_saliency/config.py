@@ -110,6 +110,9 @@ class TrainConfig:
     mixed_precision: str = "auto"  # auto (on with a GPU) | on | off
     jit_compile: str = "auto"  # auto | on | off
     verbose: int = 1  # Keras progress bar: 0 silent, 1 bar, 2 one line per epoch
+    # Re-estimate the statistics of trainable BatchNorm layers on this many un-augmented train
+    # batches before the kept model is saved (0 = off); see training.recalibrate_batchnorm.
+    precise_bn_batches: int = 50
 
     def __post_init__(self) -> None:
         _check(self.head_epochs >= 0 and self.finetune_epochs >= 0, "epochs must be >= 0")
@@ -122,6 +125,7 @@ class TrainConfig:
         for name in ("mixed_precision", "jit_compile"):
             value = getattr(self, name)
             _check(value in ("auto", "on", "off"), f"train.{name} must be auto, on or off")
+        _check(self.precise_bn_batches >= 0, "train.precise_bn_batches must be >= 0")
         for name in ("steps_per_epoch", "validation_steps"):
             value = getattr(self, name)
             _check(value is None or value >= 1, f"train.{name} must be >= 1 or null")

@@ -121,6 +121,39 @@ def make_augmenter(cfg: AugmentConfig, seed: int):
     return keras.Sequential(steps, name="augment")
 
 
+def recalibrate_batchnorm(model, split, batch_size: int, n_batches: int, *, seed: int = 0) -> int:
+    """Re-estimate the moving statistics of the trainable BatchNorm layers ("precise BN").
+
+    During training BatchNorm averages the statistics of augmented batches; rotation and zoom
+    interpolate, which lowers the pixel variance (measured on real PCam: std 57 augmented
+    against 66 raw), so at inference on raw patches the layers normalise with the wrong
+    statistics and the probabilities shift (valid accuracy 0.56 at AUC 0.88; 0.79 after
+    re-estimation). The statistics are replaced by the average over ``n_batches`` un-augmented
+    train batches. Frozen BatchNorm layers (pretrained, inference mode) are left alone.
+    Returns the number of layers updated.
+    """
+    from keras import layers
+
+    bn = [layer for layer in model.layers
+          if isinstance(layer, layers.BatchNormalization) and layer.trainable]
+    if not bn:
+        return 0
+    saved = [layer.momentum for layer in bn]
+    try:
+        batches = split.iter_batches(batch_size, shuffle=True, seed=seed + 7919, epoch=0)
+        for k, (x, _) in enumerate(batches):
+            if k >= n_batches:
+                break
+            for layer in bn:  # a cumulative average: batch k gets weight 1 / (k + 1)
+                layer.momentum = k / (k + 1.0)
+            model(np.asarray(x, np.float32), training=True)
+        batches.close()
+    finally:
+        for layer, momentum in zip(bn, saved):
+            layer.momentum = momentum
+    return len(bn)
+
+
 # ---------------------------------------------------------------- phases
 
 
@@ -343,6 +376,12 @@ def train(
     from wsi_saliency.model.io import load_model, save_model
 
     best_model, _ = load_model(out / "model.keras")
+    if cfg.train.precise_bn_batches:
+        n_bn = recalibrate_batchnorm(best_model, train_split, bs, cfg.train.precise_bn_batches,
+                                     seed=cfg.train.seed)
+        if n_bn:
+            log(f"re-estimated {n_bn} BatchNorm layers on {cfg.train.precise_bn_batches} "
+                "un-augmented train batches")
     metrics = evaluate_split(best_model, valid_split, batch_size=bs).metrics
     metrics["best_epoch"] = best["epoch"] + 1
     wall = time.perf_counter() - t0
