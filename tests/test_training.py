@@ -113,6 +113,10 @@ def test_resume_after_interruption_continues_from_the_last_epoch(blob_data, tmp_
     rows = list(csv.DictReader((out / "logs" / "history.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
     assert json.loads((out / "checkpoints" / "state.json").read_text())["finished"]
+    from wsi_saliency.errors import InputError
+
+    with pytest.raises(InputError, match="finished run"):
+        train(cfg, out, resume=True, log=lambda m: None)
 
 
 @pytest.mark.slow

@@ -280,7 +280,8 @@ def train(
     t0 = time.perf_counter()
     state = _read_state(out) if resume else None
     if resume and state and state.get("finished"):
-        log(f"{out}: this run is already finished; nothing to resume")
+        raise InputError(f"{out} holds a finished run: nothing to resume (pass --overwrite to "
+                         "train again, or another --out)")
     device = device_info()
     policy = configure_precision(cfg.train.mixed_precision, device=device)
     keras.utils.set_random_seed(cfg.train.seed)
