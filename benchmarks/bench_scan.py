@@ -1,0 +1,475 @@
+"""Benchmark: end-to-end ``scan_slide`` throughput against the model's own throughput.
+
+Nothing is trained: a ``weights="none"`` model per backbone is built, saved with its card
+(``model.io.save_model``) into a temporary folder and loaded back with ``load_model``, as a
+user's model would be. Per backbone and slide, one ``PatchScorer`` per Grad-CAM mode is made
+once and reused (as ``scan.cohort`` does); its first scan is the untimed warm-up (tracing and
+XLA compilation, reported as ``cold_total_s``), then scans are timed with Grad-CAM on / off
+and 1 / 2 reader workers, the best of ``--repeat`` kept. From ``SlideResult.timings``:
+
+- end-to-end patches/s = n_scored / total_s (open, thumbnail + tissue mask + overview,
+  tiling, reading + model, stitching);
+- model-only patches/s = n_scored / model_s (time inside the scorer call: Grad-CAM pass, or
+  ``predict_on_batch`` with Grad-CAM off), and the ratio end-to-end / model-only;
+- "model alone": the same call on one fixed in-memory batch of 64 patches, repeated
+  (``GradCam(model, layer)(x)`` and ``model.predict_on_batch(x)``), to compare with the
+  in-pipeline model time; and "reading alone": ``iter_patch_batches`` over the scan's grid
+  with no model, the most the pipeline could deliver.
+
+Slides: ``sample_data/slide/sample_slide.tif`` (8000 x 6000 at 0.486 um/px: level 0
+resampled x2) and ``../shared/data/slides/CMU-1-Small-Region.svs`` when present (0.499 um/px,
+resampled x1.95). Both backbones scan both slides; with ``--quick`` ``resnet50`` scans only a
+central region of the sample slide (an ROI). Not a test: ``python benchmarks/bench_scan.py
+[--quick]``; results go to ``benchmarks/results/scan.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+SAMPLE_SLIDE = REPO / "sample_data" / "slide" / "sample_slide.tif"
+CMU_SLIDE = REPO.parent / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
+PATCH = 96
+PATCH_MPP = 0.972
+BATCH = 64
+ODD_BATCH = 37  # a batch size the scorer has not seen: what a slide's last partial batch costs
+
+
+# ---------------------------------------------------------------- machine
+
+
+def training_processes() -> list[str]:
+    """Command lines of ``wsi-saliency train`` processes (they distort the figures)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue
+        if "wsi-saliency train" in cmd or "wsi_saliency train" in cmd:
+            found.append(f"{pid}: {cmd[:160]}")
+    return found
+
+
+def busy_processes(window_s: float = 1.0, min_cpu: float = 0.1) -> list[str]:
+    """Other processes using more than ``min_cpu`` of a core over ``window_s`` (anything
+    besides this benchmark that competes for the CPUs, e.g. other engineers' tests)."""
+
+    def ticks() -> dict[str, tuple[int, str]]:
+        out = {}
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit() or int(pid) == os.getpid():
+                continue
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                fields = stat[stat.rindex(")") + 2:].split()
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except (OSError, ValueError):
+                continue
+            out[pid] = (int(fields[11]) + int(fields[12]), cmd.strip()[:120])
+        return out
+
+    hz = os.sysconf("SC_CLK_TCK")
+    before = ticks()
+    time.sleep(window_s)
+    after = ticks()
+    busy = []
+    for pid, (t1, cmd) in after.items():
+        if pid in before:
+            share = (t1 - before[pid][0]) / hz / window_s
+            if share >= min_cpu:
+                busy.append(f"{pid} ({share:.0%} of a core): {cmd}")
+    return busy
+
+
+def machine_start() -> dict:
+    return {
+        "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "load_average_1_5_15min_at_start": [round(v, 2) for v in os.getloadavg()],
+        "other_training_processes_at_start": training_processes(),
+        "busy_processes_at_start": busy_processes(),
+    }
+
+
+def machine_end(start: dict) -> dict:
+    import keras
+    import openslide
+    import PIL
+    import tensorflow as tf
+
+    end_procs = training_processes()
+    busy_at_end = busy_processes()
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        **start,
+        "load_average_1_5_15min_at_end": [round(v, 2) for v in os.getloadavg()],
+        "other_training_processes_at_end": end_procs,
+        "busy_processes_at_end": busy_at_end,
+        "contended": bool(start["other_training_processes_at_start"] or end_procs
+                          or start["busy_processes_at_start"] or busy_at_end),
+        "python": platform.python_version(),
+        "keras": keras.__version__,
+        "keras_backend": keras.backend.backend(),
+        "tensorflow": tf.__version__,
+        "numpy": np.__version__,
+        "openslide": openslide.__library_version__,
+        "openslide_python": openslide.__version__,
+        "pillow": PIL.__version__,
+        "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "tf_inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+    }
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- model
+
+
+def saved_model(backbone: str, folder: Path):
+    """``(model, card, info)``: a ``weights="none"`` model saved with its card, loaded back."""
+    import keras
+
+    from wsi_saliency.config import ModelConfig
+    from wsi_saliency.model.build import BACKBONE_SPECS, build_model
+    from wsi_saliency.model.io import ModelCard, load_model, save_model, software_versions
+
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(0)
+    spec = BACKBONE_SPECS[backbone]
+    model = build_model(ModelConfig(backbone=backbone, weights="none", patch_size=PATCH,
+                                    patch_mpp=PATCH_MPP))
+    card = ModelCard(backbone=backbone, patch_size=PATCH, patch_mpp=PATCH_MPP,
+                     gradcam_layer=spec.gradcam_layer, preprocess=spec.preprocess,
+                     versions=software_versions())
+    path = folder / f"{backbone}.keras"
+    t0 = time.perf_counter()
+    save_model(model, card, path)
+    save_s = time.perf_counter() - t0
+    del model
+    t0 = time.perf_counter()
+    model, card = load_model(path)
+    load_s = time.perf_counter() - t0
+    return model, card, {
+        "backbone": backbone,
+        "params": int(model.count_params()),
+        "gradcam_layer": card.gradcam_layer,
+        "model_file_mb": round(path.stat().st_size / 1e6, 2),
+        "save_s": round(save_s, 2),
+        "load_s": round(load_s, 2),
+    }
+
+
+def model_alone(model, card, patches: np.ndarray, repeat: int) -> dict:
+    """Grad-CAM and predict on one fixed in-memory batch of 64, repeated after a warm-up."""
+    from wsi_saliency.model.gradcam import GradCam
+
+    x = np.ascontiguousarray(patches[:BATCH])
+    assert x.shape == (BATCH, PATCH, PATCH, 3), x.shape
+    out = {"batch": BATCH, "repeat": repeat}
+    cam = GradCam(model, card.gradcam_layer, card.logit_layer)
+    t0 = time.perf_counter()
+    cam(x)
+    out["gradcam_first_call_s"] = round(time.perf_counter() - t0, 3)
+    cam(x)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        cam(x)
+        times.append(time.perf_counter() - t0)
+    out["gradcam_batch_s_median"] = round(float(np.median(times)), 4)
+    out["gradcam_patches_per_s"] = round(BATCH / float(np.median(times)), 1)
+    # A batch size not seen yet (every slide's last, partial batch has one): retrace/compile.
+    t0 = time.perf_counter()
+    cam(x[:ODD_BATCH])
+    out[f"gradcam_first_call_batch{ODD_BATCH}_s"] = round(time.perf_counter() - t0, 3)
+    t0 = time.perf_counter()
+    cam(x[:ODD_BATCH])
+    out[f"gradcam_second_call_batch{ODD_BATCH}_s"] = round(time.perf_counter() - t0, 3)
+
+    xf = x.astype(np.float32)
+    t0 = time.perf_counter()
+    model.predict_on_batch(xf)
+    out["predict_first_call_s"] = round(time.perf_counter() - t0, 3)
+    model.predict_on_batch(xf)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        model.predict_on_batch(xf)
+        times.append(time.perf_counter() - t0)
+    out["predict_batch_s_median"] = round(float(np.median(times)), 4)
+    out["predict_patches_per_s"] = round(BATCH / float(np.median(times)), 1)
+    out["predict_jit_compiled"] = bool(getattr(model, "jit_compile", False))
+    return out
+
+
+# ---------------------------------------------------------------- slides
+
+
+def slides_for(backbone: str, quick: bool) -> list[tuple[str, Path, str]]:
+    """``[(name, path, region)]``: region ``"whole"`` or ``"centre"`` (a central ROI)."""
+    have_cmu = CMU_SLIDE.is_file()
+    if backbone == "tiny":
+        out = [("sample_slide", SAMPLE_SLIDE, "whole")]
+        if have_cmu:
+            out.append(("CMU-1-Small-Region", CMU_SLIDE, "whole"))
+        return out
+    # The heavy backbone: the small CMU slide, and the sample slide (a central subset with
+    # --quick).
+    out = [("CMU-1-Small-Region", CMU_SLIDE, "whole")] if have_cmu else []
+    out.append(("sample_slide", SAMPLE_SLIDE, "centre" if quick else "whole"))
+    return out
+
+
+def centre_roi(path: Path, fraction: float) -> np.ndarray:
+    """A bool ROI (whole slide, 256 px on the long side) covering the central ``fraction``
+    of the area: limits a slow backbone to a subset of the slide."""
+    from wsi_saliency.slide import open_slide
+
+    with open_slide(path) as r:
+        w, h = r.dimensions
+    s = 256 / max(w, h)
+    rw, rh = max(1, round(w * s)), max(1, round(h * s))
+    roi = np.zeros((rh, rw), bool)
+    side = fraction ** 0.5
+    y0, x0 = round(rh * (1 - side) / 2), round(rw * (1 - side) / 2)
+    roi[y0:rh - y0, x0:rw - x0] = True
+    return roi
+
+
+def scan_once(path: Path, model, card, cfg, scorer, roi) -> dict:
+    from wsi_saliency.scan.pipeline import scan_slide
+
+    res = scan_slide(path, model, card, cfg, scorer=scorer, roi=roi)
+    t = res.timings
+    n = res.n_scored
+    return {
+        "result": res,
+        "n_scored": n,
+        "timings_s": {k: round(v, 4) for k, v in t.items()},
+        "not_model_in_inference_s": round(t["inference_s"] - t["model_s"], 4),
+        "e2e_patches_per_s": round(n / t["total_s"], 1),
+        "inference_patches_per_s": round(n / t["inference_s"], 1),
+        "model_patches_per_s": round(n / t["model_s"], 1) if t["model_s"] else None,
+        "ratio_e2e_over_model": round(t["model_s"] / t["total_s"], 3),
+    }
+
+
+def reading_alone(path: Path, res, cfg, workers: int, repeat: int) -> dict:
+    """``iter_patch_batches`` over the grid the scan used, no model: the reading ceiling."""
+    from wsi_saliency.slide import iter_patch_batches, open_slide, tile_grid
+
+    grid = tile_grid(res.slide_dimensions, res.plan, patch_t=PATCH, stride_t=PATCH,
+                     mask=res.tissue_mask, mask_l0_per_px=res.thumbnail_downsample,
+                     min_tissue_fraction=cfg.min_tissue_fraction, cover_edges=True)
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        n = 0
+        for batch in iter_patch_batches(lambda: open_slide(path), res.plan, grid,
+                                        batch_size=cfg.batch_size, region_t=cfg.region,
+                                        workers=workers):
+            n += len(batch)
+        best = min(best, time.perf_counter() - t0)
+    return {"workers": workers, "patches": n, "seconds": round(best, 3),
+            "patches_per_s": round(n / best, 1)}
+
+
+def bench_slide(backbone: str, model, card, name: str, path: Path, region: str, *,
+                repeat: int, roi_fraction: float, quick: bool) -> dict:
+    from wsi_saliency.config import ScanConfig
+    from wsi_saliency.scan.pipeline import PatchScorer
+
+    roi = centre_roi(path, roi_fraction) if region == "centre" else None
+    out = {"backbone": backbone, "slide": name, "path": str(path),
+           "region": region if region == "whole" else f"central {roi_fraction:.0%} (ROI)",
+           "scans": []}
+    warm_result = None
+    for gradcam in (True, False):
+        scorer = PatchScorer(model, card, gradcam=gradcam)
+        cfg = ScanConfig(gradcam=gradcam, workers=2)
+        t0 = time.perf_counter()
+        warm = scan_once(path, model, card, cfg, scorer, roi)  # warm-up: trace + XLA compile
+        cold_s = time.perf_counter() - t0
+        warm_result = warm_result or warm["result"]
+        out[f"cold_total_s_gradcam_{'on' if gradcam else 'off'}"] = round(cold_s, 2)
+        if not quick:
+            # The scorer's first call on the last partial batch size is also compiled in the
+            # warm-up; a second warm-up scan makes sure nothing is left to compile.
+            scan_once(path, model, card, cfg, scorer, roi)
+        for workers in (1, 2):
+            cfg = ScanConfig(gradcam=gradcam, workers=workers)
+            runs = [scan_once(path, model, card, cfg, scorer, roi) for _ in range(repeat)]
+            best = min(runs, key=lambda r: r["timings_s"]["total_s"])
+            best.pop("result")
+            for r in runs:
+                r.pop("result", None)
+            row = {"gradcam": gradcam, "workers": workers, "repeat_best_of": repeat, **best,
+                   "total_s_all_runs": [r["timings_s"]["total_s"] for r in runs]}
+            print(json.dumps({"backbone": backbone, "slide": name, **row}), flush=True)
+            out["scans"].append(row)
+    res = warm_result
+    out["slide_info"] = {
+        "dimensions_l0": list(res.slide_dimensions),
+        "slide_mpp": res.slide_mpp,
+        "resolution": res.plan.describe(),
+        "n_candidates": res.n_candidates,
+        "n_scored": res.n_scored,
+        "last_batch_size": res.n_scored % BATCH or BATCH,
+    }
+    if region == "whole":
+        out["reading_alone"] = [reading_alone(path, res, ScanConfig(), w, 1 if quick else 2)
+                                for w in (1, 2)]
+    else:
+        out["reading_alone"] = None  # the ROI grid is not rebuilt here
+    # The first patches of the slide, for the "model alone" figure.
+    from wsi_saliency.slide import iter_patch_batches, open_slide, tile_grid
+
+    grid = tile_grid(res.slide_dimensions, res.plan, patch_t=PATCH, stride_t=PATCH,
+                     mask=res.tissue_mask, mask_l0_per_px=res.thumbnail_downsample,
+                     cover_edges=True)
+    it = iter_patch_batches(lambda: open_slide(path), res.plan, grid, batch_size=BATCH,
+                            workers=0)
+    patches = np.concatenate([b.patches for _, b in zip(range(2), it, strict=False)])[:BATCH]
+    it.close()
+    return out, patches
+
+
+# ---------------------------------------------------------------- main
+
+
+def print_table(rows: list[dict], alone: dict) -> None:
+    print("\nscan_slide: end-to-end vs model-only patches/s (best run, warm scorer)")
+    print(f"  {'backbone':<9}{'slide':<20}{'cam':>4}{'wk':>3}{'n':>6}{'total s':>9}"
+          f"{'tissue s':>9}{'infer s':>9}{'model s':>9}{'e2e p/s':>9}{'model p/s':>10}"
+          f"{'e2e/model':>10}")
+    for sl in rows:
+        for r in sl["scans"]:
+            t = r["timings_s"]
+            print(f"  {sl['backbone']:<9}{sl['slide'][:19]:<20}{'on' if r['gradcam'] else 'off':>4}"
+                  f"{r['workers']:>3}{r['n_scored']:>6}{t['total_s']:>9.2f}{t['tissue_s']:>9.2f}"
+                  f"{t['inference_s']:>9.2f}{t['model_s']:>9.2f}{r['e2e_patches_per_s']:>9.1f}"
+                  f"{r['model_patches_per_s'] or 0:>10.1f}{r['ratio_e2e_over_model']:>10.2f}")
+    print("\ncold first scan (new scorer: tracing + XLA compile), s")
+    for sl in rows:
+        print(f"  {sl['backbone']:<9}{sl['slide'][:19]:<20} gradcam on "
+              f"{sl['cold_total_s_gradcam_on']:>7.2f}   off {sl['cold_total_s_gradcam_off']:>7.2f}")
+    print("\nreading alone (iter_patch_batches, no model), patches/s")
+    for sl in rows:
+        for r in sl.get("reading_alone") or []:
+            print(f"  {sl['slide'][:19]:<20} workers {r['workers']}: {r['patches_per_s']:>8.1f}"
+                  f" ({r['patches']} patches; measured in the {sl['backbone']} pass)")
+    print("\nmodel alone: one in-memory batch of 64, repeated")
+    print(f"  {'backbone':<10}{'gradcam p/s':>12}{'predict p/s':>12}{'gc 1st call s':>15}"
+          f"{f'gc new batch {ODD_BATCH} s':>18}")
+    for b, a in alone.items():
+        print(f"  {b:<10}{a['gradcam_patches_per_s']:>12.1f}{a['predict_patches_per_s']:>12.1f}"
+              f"{a['gradcam_first_call_s']:>15.2f}{a[f'gradcam_first_call_batch{ODD_BATCH}_s']:>18.2f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="one run per case (smoke test)")
+    ap.add_argument("--backbones", nargs="+", default=["tiny", "resnet50"],
+                    choices=["tiny", "resnet50", "mobilenetv2", "densenet169"])
+    ap.add_argument("--repeat", type=int, default=None, help="timed scans per case (default 2; "
+                    "resnet50 1; quick 1)")
+    ap.add_argument("--roi-fraction", type=float, default=0.15,
+                    help="slide area resnet50 scans when only the sample slide is there")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="JSON path (default benchmarks/results/scan.json; scan-quick.json "
+                         "with --quick)")
+    args = ap.parse_args()
+    out = args.out or REPO / "benchmarks" / "results" / (
+        "scan-quick.json" if args.quick else "scan.json")
+
+    start = machine_start()
+    if start["other_training_processes_at_start"] or start["busy_processes_at_start"]:
+        print("WARNING: other processes are using the CPUs; the figures are contended:\n  "
+              + "\n  ".join(start["other_training_processes_at_start"]
+                             + start["busy_processes_at_start"]), flush=True)
+    skipped = []
+    if not CMU_SLIDE.is_file():
+        skipped.append(f"{CMU_SLIDE} is absent (a fresh clone): CMU-1-Small-Region skipped")
+        print(skipped[-1], flush=True)
+    t_run = time.perf_counter()
+
+    import keras  # noqa: F401  (TF start-up outside the timings)
+
+    rows, models, alone = [], [], {}
+    with tempfile.TemporaryDirectory(prefix="bench-scan-") as tmp:
+        for backbone in args.backbones:
+            model, card, info = saved_model(backbone, Path(tmp))
+            models.append(info)
+            print(json.dumps(info), flush=True)
+            heavy = backbone != "tiny"
+            repeat = args.repeat or (1 if (args.quick or heavy) else 2)
+            patches = None
+            for name, path, region in slides_for(backbone, args.quick):
+                row, got = bench_slide(backbone, model, card, name, path, region, repeat=repeat,
+                                       roi_fraction=args.roi_fraction, quick=args.quick)
+                patches = got if patches is None else patches
+                rows.append(row)
+            alone[backbone] = model_alone(model, card, patches,
+                                          repeat=3 if (args.quick or heavy) else 20)
+            print(json.dumps({"backbone": backbone, "model_alone": alone[backbone]}), flush=True)
+            del model
+
+    wall = time.perf_counter() - t_run
+    print_table(rows, alone)
+    machine = machine_end(start)
+    if machine["contended"]:
+        print("\nCONTENDED: other processes shared the CPUs at the start or end of this "
+              "benchmark (see machine.busy_processes_* in the JSON)")
+    report = {
+        "benchmark": "scan_slide end-to-end vs model-only throughput (untrained models)",
+        "quick": args.quick,
+        "machine": machine,
+        "patch": PATCH,
+        "patch_mpp": PATCH_MPP,
+        "batch_size": BATCH,
+        "scan_config": "ScanConfig() defaults except gradcam and workers; one PatchScorer per "
+                       "(backbone, Grad-CAM mode), reused; warm-up scans untimed",
+        "definitions": {
+            "e2e_patches_per_s": "n_scored / timings.total_s",
+            "model_patches_per_s": "n_scored / timings.model_s (time inside the scorer call)",
+            "ratio_e2e_over_model": "model_s / total_s (1.0 = the scan is the model only)",
+            "not_model_in_inference_s": "inference_s - model_s: waiting for reads, stitching",
+        },
+        "skipped": skipped,
+        "models": models,
+        "slides": rows,
+        "model_alone": alone,
+        "wall_s": round(wall, 1),
+    }
+    write_json_atomic(out, report)
+    print(f"wrote {out} ({wall:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
