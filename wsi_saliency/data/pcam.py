@@ -283,8 +283,9 @@ class PcamSplit:
 
         The split is read in contiguous chunks of :attr:`read_rows` rows. With ``shuffle``
         the chunk order is permuted per epoch, and rows are permuted within a buffer of
-        ``buffer_chunks`` chunks, so about ``(buffer_chunks + 2) * read_rows`` patches are
-        in memory at most (10 x 1024 patches = 280 MB by default). The order depends only
+        ``buffer_chunks`` chunks; the next buffer is read ahead while one is handed out, so
+        about ``(2 * buffer_chunks + 1) * read_rows`` patches are in memory at most
+        (17 x 1024 patches = 470 MB by default). The order depends only
         on ``(seed, epoch)``. Without ``shuffle`` batches come in file order.
 
         Reading runs ahead in ``read_workers`` threads; gzip-compressed chunks are inflated
@@ -309,7 +310,10 @@ class PcamSplit:
         capacity = min(n, buffer_chunks * step) + batch_size
         buf = np.empty((capacity, *PATCH_SHAPE), np.uint8)
         rows = np.empty(capacity, np.int64)
-        lookahead = max(2 * self._read_workers, (2 * step) // task_rows)
+        # Read a whole shuffle buffer ahead: while one buffer is handed out as batches, the
+        # next one is read and inflated, so a fast consumer (a GPU step) never waits for a
+        # refill (with a shorter look-ahead it stalled 1-2 s every buffer).
+        lookahead = max(2 * self._read_workers, -(-buffer_chunks * step // task_rows) + 1)
         pool = ThreadPoolExecutor(max_workers=self._read_workers, thread_name_prefix="pcam-read")
         pending: deque[tuple[int, int, int, Future[np.ndarray]]] = deque()
         todo = iter(plan)
