@@ -79,7 +79,7 @@ def busy_processes(window_s: float = 1.0, min_cpu: float = 0.1) -> list[str]:
                 continue
             try:
                 stat = Path(f"/proc/{pid}/stat").read_text()
-                fields = stat[stat.rindex(")") + 2:].split()
+                fields = stat[stat.rindex(")") + 2 :].split()
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
             except (OSError, ValueError):
                 continue
@@ -125,8 +125,12 @@ def machine_end(start: dict) -> dict:
         "load_average_1_5_15min_at_end": [round(v, 2) for v in os.getloadavg()],
         "other_training_processes_at_end": end_procs,
         "busy_processes_at_end": busy_at_end,
-        "contended": bool(start["other_training_processes_at_start"] or end_procs
-                          or start["busy_processes_at_start"] or busy_at_end),
+        "contended": bool(
+            start["other_training_processes_at_start"]
+            or end_procs
+            or start["busy_processes_at_start"]
+            or busy_at_end
+        ),
         "python": platform.python_version(),
         "keras": keras.__version__,
         "keras_backend": keras.backend.backend(),
@@ -162,11 +166,17 @@ def saved_model(backbone: str, folder: Path):
     keras.backend.clear_session()
     keras.utils.set_random_seed(0)
     spec = BACKBONE_SPECS[backbone]
-    model = build_model(ModelConfig(backbone=backbone, weights="none", patch_size=PATCH,
-                                    patch_mpp=PATCH_MPP))
-    card = ModelCard(backbone=backbone, patch_size=PATCH, patch_mpp=PATCH_MPP,
-                     gradcam_layer=spec.gradcam_layer, preprocess=spec.preprocess,
-                     versions=software_versions())
+    model = build_model(
+        ModelConfig(backbone=backbone, weights="none", patch_size=PATCH, patch_mpp=PATCH_MPP)
+    )
+    card = ModelCard(
+        backbone=backbone,
+        patch_size=PATCH,
+        patch_mpp=PATCH_MPP,
+        gradcam_layer=spec.gradcam_layer,
+        preprocess=spec.preprocess,
+        versions=software_versions(),
+    )
     path = folder / f"{backbone}.keras"
     t0 = time.perf_counter()
     save_model(model, card, path)
@@ -175,14 +185,18 @@ def saved_model(backbone: str, folder: Path):
     t0 = time.perf_counter()
     model, card = load_model(path)
     load_s = time.perf_counter() - t0
-    return model, card, {
-        "backbone": backbone,
-        "params": int(model.count_params()),
-        "gradcam_layer": card.gradcam_layer,
-        "model_file_mb": round(path.stat().st_size / 1e6, 2),
-        "save_s": round(save_s, 2),
-        "load_s": round(load_s, 2),
-    }
+    return (
+        model,
+        card,
+        {
+            "backbone": backbone,
+            "params": int(model.count_params()),
+            "gradcam_layer": card.gradcam_layer,
+            "model_file_mb": round(path.stat().st_size / 1e6, 2),
+            "save_s": round(save_s, 2),
+            "load_s": round(load_s, 2),
+        },
+    )
 
 
 def model_alone(model, card, patches: np.ndarray, repeat: int) -> dict:
@@ -256,9 +270,9 @@ def centre_roi(path: Path, fraction: float) -> np.ndarray:
     s = 256 / max(w, h)
     rw, rh = max(1, round(w * s)), max(1, round(h * s))
     roi = np.zeros((rh, rw), bool)
-    side = fraction ** 0.5
+    side = fraction**0.5
     y0, x0 = round(rh * (1 - side) / 2), round(rw * (1 - side) / 2)
-    roi[y0:rh - y0, x0:rw - x0] = True
+    roi[y0 : rh - y0, x0 : rw - x0] = True
     return roi
 
 
@@ -284,31 +298,61 @@ def reading_alone(path: Path, res, cfg, workers: int, repeat: int) -> dict:
     """``iter_patch_batches`` over the grid the scan used, no model: the reading ceiling."""
     from wsi_saliency.slide import iter_patch_batches, open_slide, tile_grid
 
-    grid = tile_grid(res.slide_dimensions, res.plan, patch_t=PATCH, stride_t=PATCH,
-                     mask=res.tissue_mask, mask_l0_per_px=res.thumbnail_downsample,
-                     min_tissue_fraction=cfg.min_tissue_fraction, cover_edges=True)
+    grid = tile_grid(
+        res.slide_dimensions,
+        res.plan,
+        patch_t=PATCH,
+        stride_t=PATCH,
+        mask=res.tissue_mask,
+        mask_l0_per_px=res.thumbnail_downsample,
+        min_tissue_fraction=cfg.min_tissue_fraction,
+        cover_edges=True,
+    )
     best = float("inf")
     for _ in range(repeat):
         t0 = time.perf_counter()
         n = 0
-        for batch in iter_patch_batches(lambda: open_slide(path), res.plan, grid,
-                                        batch_size=cfg.batch_size, region_t=cfg.region,
-                                        workers=workers):
+        for batch in iter_patch_batches(
+            lambda: open_slide(path),
+            res.plan,
+            grid,
+            batch_size=cfg.batch_size,
+            region_t=cfg.region,
+            workers=workers,
+        ):
             n += len(batch)
         best = min(best, time.perf_counter() - t0)
-    return {"workers": workers, "patches": n, "seconds": round(best, 3),
-            "patches_per_s": round(n / best, 1)}
+    return {
+        "workers": workers,
+        "patches": n,
+        "seconds": round(best, 3),
+        "patches_per_s": round(n / best, 1),
+    }
 
 
-def bench_slide(backbone: str, model, card, name: str, path: Path, region: str, *,
-                repeat: int, roi_fraction: float, quick: bool) -> dict:
+def bench_slide(
+    backbone: str,
+    model,
+    card,
+    name: str,
+    path: Path,
+    region: str,
+    *,
+    repeat: int,
+    roi_fraction: float,
+    quick: bool,
+) -> dict:
     from wsi_saliency.config import ScanConfig
     from wsi_saliency.scan.pipeline import PatchScorer
 
     roi = centre_roi(path, roi_fraction) if region == "centre" else None
-    out = {"backbone": backbone, "slide": name, "path": str(path),
-           "region": region if region == "whole" else f"central {roi_fraction:.0%} (ROI)",
-           "scans": []}
+    out = {
+        "backbone": backbone,
+        "slide": name,
+        "path": str(path),
+        "region": region if region == "whole" else f"central {roi_fraction:.0%} (ROI)",
+        "scans": [],
+    }
     warm_result = None
     for gradcam in (True, False):
         scorer = PatchScorer(model, card, gradcam=gradcam)
@@ -329,8 +373,13 @@ def bench_slide(backbone: str, model, card, name: str, path: Path, region: str, 
             best.pop("result")
             for r in runs:
                 r.pop("result", None)
-            row = {"gradcam": gradcam, "workers": workers, "repeat_best_of": repeat, **best,
-                   "total_s_all_runs": [r["timings_s"]["total_s"] for r in runs]}
+            row = {
+                "gradcam": gradcam,
+                "workers": workers,
+                "repeat_best_of": repeat,
+                **best,
+                "total_s_all_runs": [r["timings_s"]["total_s"] for r in runs],
+            }
             print(json.dumps({"backbone": backbone, "slide": name, **row}), flush=True)
             out["scans"].append(row)
     res = warm_result
@@ -343,18 +392,24 @@ def bench_slide(backbone: str, model, card, name: str, path: Path, region: str, 
         "last_batch_size": res.n_scored % BATCH or BATCH,
     }
     if region == "whole":
-        out["reading_alone"] = [reading_alone(path, res, ScanConfig(), w, 1 if quick else 2)
-                                for w in (1, 2)]
+        out["reading_alone"] = [
+            reading_alone(path, res, ScanConfig(), w, 1 if quick else 2) for w in (1, 2)
+        ]
     else:
         out["reading_alone"] = None  # the ROI grid is not rebuilt here
     # The first patches of the slide, for the "model alone" figure.
     from wsi_saliency.slide import iter_patch_batches, open_slide, tile_grid
 
-    grid = tile_grid(res.slide_dimensions, res.plan, patch_t=PATCH, stride_t=PATCH,
-                     mask=res.tissue_mask, mask_l0_per_px=res.thumbnail_downsample,
-                     cover_edges=True)
-    it = iter_patch_batches(lambda: open_slide(path), res.plan, grid, batch_size=BATCH,
-                            workers=0)
+    grid = tile_grid(
+        res.slide_dimensions,
+        res.plan,
+        patch_t=PATCH,
+        stride_t=PATCH,
+        mask=res.tissue_mask,
+        mask_l0_per_px=res.thumbnail_downsample,
+        cover_edges=True,
+    )
+    it = iter_patch_batches(lambda: open_slide(path), res.plan, grid, batch_size=BATCH, workers=0)
     patches = np.concatenate([b.patches for _, b in zip(range(2), it, strict=False)])[:BATCH]
     it.close()
     return out, patches
@@ -365,54 +420,86 @@ def bench_slide(backbone: str, model, card, name: str, path: Path, region: str, 
 
 def print_table(rows: list[dict], alone: dict) -> None:
     print("\nscan_slide: end-to-end vs model-only patches/s (best run, warm scorer)")
-    print(f"  {'backbone':<9}{'slide':<20}{'cam':>4}{'wk':>3}{'n':>6}{'total s':>9}"
-          f"{'tissue s':>9}{'infer s':>9}{'model s':>9}{'e2e p/s':>9}{'model p/s':>10}"
-          f"{'e2e/model':>10}")
+    print(
+        f"  {'backbone':<9}{'slide':<20}{'cam':>4}{'wk':>3}{'n':>6}{'total s':>9}"
+        f"{'tissue s':>9}{'infer s':>9}{'model s':>9}{'e2e p/s':>9}{'model p/s':>10}"
+        f"{'e2e/model':>10}"
+    )
     for sl in rows:
         for r in sl["scans"]:
             t = r["timings_s"]
-            print(f"  {sl['backbone']:<9}{sl['slide'][:19]:<20}{'on' if r['gradcam'] else 'off':>4}"
-                  f"{r['workers']:>3}{r['n_scored']:>6}{t['total_s']:>9.2f}{t['tissue_s']:>9.2f}"
-                  f"{t['inference_s']:>9.2f}{t['model_s']:>9.2f}{r['e2e_patches_per_s']:>9.1f}"
-                  f"{r['model_patches_per_s'] or 0:>10.1f}{r['ratio_e2e_over_model']:>10.2f}")
+            print(
+                f"  {sl['backbone']:<9}{sl['slide'][:19]:<20}{'on' if r['gradcam'] else 'off':>4}"
+                f"{r['workers']:>3}{r['n_scored']:>6}{t['total_s']:>9.2f}{t['tissue_s']:>9.2f}"
+                f"{t['inference_s']:>9.2f}{t['model_s']:>9.2f}{r['e2e_patches_per_s']:>9.1f}"
+                f"{r['model_patches_per_s'] or 0:>10.1f}{r['ratio_e2e_over_model']:>10.2f}"
+            )
     print("\ncold first scan (new scorer: tracing + XLA compile), s")
     for sl in rows:
-        print(f"  {sl['backbone']:<9}{sl['slide'][:19]:<20} gradcam on "
-              f"{sl['cold_total_s_gradcam_on']:>7.2f}   off {sl['cold_total_s_gradcam_off']:>7.2f}")
+        print(
+            f"  {sl['backbone']:<9}{sl['slide'][:19]:<20} gradcam on "
+            f"{sl['cold_total_s_gradcam_on']:>7.2f}   off {sl['cold_total_s_gradcam_off']:>7.2f}"
+        )
     print("\nreading alone (iter_patch_batches, no model), patches/s")
     for sl in rows:
         for r in sl.get("reading_alone") or []:
-            print(f"  {sl['slide'][:19]:<20} workers {r['workers']}: {r['patches_per_s']:>8.1f}"
-                  f" ({r['patches']} patches; measured in the {sl['backbone']} pass)")
+            print(
+                f"  {sl['slide'][:19]:<20} workers {r['workers']}: {r['patches_per_s']:>8.1f}"
+                f" ({r['patches']} patches; measured in the {sl['backbone']} pass)"
+            )
     print("\nmodel alone: one in-memory batch of 64, repeated")
-    print(f"  {'backbone':<10}{'gradcam p/s':>12}{'predict p/s':>12}{'gc 1st call s':>15}"
-          f"{f'gc new batch {ODD_BATCH} s':>18}")
+    print(
+        f"  {'backbone':<10}{'gradcam p/s':>12}{'predict p/s':>12}{'gc 1st call s':>15}"
+        f"{f'gc new batch {ODD_BATCH} s':>18}"
+    )
     for b, a in alone.items():
-        print(f"  {b:<10}{a['gradcam_patches_per_s']:>12.1f}{a['predict_patches_per_s']:>12.1f}"
-              f"{a['gradcam_first_call_s']:>15.2f}{a[f'gradcam_first_call_batch{ODD_BATCH}_s']:>18.2f}")
+        print(
+            f"  {b:<10}{a['gradcam_patches_per_s']:>12.1f}{a['predict_patches_per_s']:>12.1f}"
+            f"{a['gradcam_first_call_s']:>15.2f}{a[f'gradcam_first_call_batch{ODD_BATCH}_s']:>18.2f}"
+        )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one run per case (smoke test)")
-    ap.add_argument("--backbones", nargs="+", default=["tiny", "resnet50"],
-                    choices=["tiny", "resnet50", "mobilenetv2", "densenet169"])
-    ap.add_argument("--repeat", type=int, default=None, help="timed scans per case (default 2; "
-                    "resnet50 1; quick 1)")
-    ap.add_argument("--roi-fraction", type=float, default=0.15,
-                    help="slide area resnet50 scans when only the sample slide is there")
-    ap.add_argument("--out", type=Path, default=None,
-                    help="JSON path (default benchmarks/results/scan.json; scan-quick.json "
-                         "with --quick)")
+    ap.add_argument(
+        "--backbones",
+        nargs="+",
+        default=["tiny", "resnet50"],
+        choices=["tiny", "resnet50", "mobilenetv2", "densenet169"],
+    )
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help="timed scans per case (default 2; resnet50 1; quick 1)",
+    )
+    ap.add_argument(
+        "--roi-fraction",
+        type=float,
+        default=0.15,
+        help="slide area resnet50 scans when only the sample slide is there",
+    )
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON path (default benchmarks/results/scan.json; scan-quick.json with --quick)",
+    )
     args = ap.parse_args()
     out = args.out or REPO / "benchmarks" / "results" / (
-        "scan-quick.json" if args.quick else "scan.json")
+        "scan-quick.json" if args.quick else "scan.json"
+    )
 
     start = machine_start()
     if start["other_training_processes_at_start"] or start["busy_processes_at_start"]:
-        print("WARNING: other processes are using the CPUs; the figures are contended:\n  "
-              + "\n  ".join(start["other_training_processes_at_start"]
-                             + start["busy_processes_at_start"]), flush=True)
+        print(
+            "WARNING: other processes are using the CPUs; the figures are contended:\n  "
+            + "\n  ".join(
+                start["other_training_processes_at_start"] + start["busy_processes_at_start"]
+            ),
+            flush=True,
+        )
     skipped = []
     if not CMU_SLIDE.is_file():
         skipped.append(f"{CMU_SLIDE} is absent (a fresh clone): CMU-1-Small-Region skipped")
@@ -431,12 +518,22 @@ def main() -> None:
             repeat = args.repeat or (1 if (args.quick or heavy) else 2)
             patches = None
             for name, path, region in slides_for(backbone, args.quick):
-                row, got = bench_slide(backbone, model, card, name, path, region, repeat=repeat,
-                                       roi_fraction=args.roi_fraction, quick=args.quick)
+                row, got = bench_slide(
+                    backbone,
+                    model,
+                    card,
+                    name,
+                    path,
+                    region,
+                    repeat=repeat,
+                    roi_fraction=args.roi_fraction,
+                    quick=args.quick,
+                )
                 patches = got if patches is None else patches
                 rows.append(row)
-            alone[backbone] = model_alone(model, card, patches,
-                                          repeat=3 if (args.quick or heavy) else 20)
+            alone[backbone] = model_alone(
+                model, card, patches, repeat=3 if (args.quick or heavy) else 20
+            )
             print(json.dumps({"backbone": backbone, "model_alone": alone[backbone]}), flush=True)
             del model
 
@@ -444,8 +541,10 @@ def main() -> None:
     print_table(rows, alone)
     machine = machine_end(start)
     if machine["contended"]:
-        print("\nCONTENDED: other processes shared the CPUs at the start or end of this "
-              "benchmark (see machine.busy_processes_* in the JSON)")
+        print(
+            "\nCONTENDED: other processes shared the CPUs at the start or end of this "
+            "benchmark (see machine.busy_processes_* in the JSON)"
+        )
     report = {
         "benchmark": "scan_slide end-to-end vs model-only throughput (untrained models)",
         "quick": args.quick,
@@ -454,7 +553,7 @@ def main() -> None:
         "patch_mpp": PATCH_MPP,
         "batch_size": BATCH,
         "scan_config": "ScanConfig() defaults except gradcam and workers; one PatchScorer per "
-                       "(backbone, Grad-CAM mode), reused; warm-up scans untimed",
+        "(backbone, Grad-CAM mode), reused; warm-up scans untimed",
         "definitions": {
             "e2e_patches_per_s": "n_scored / timings.total_s",
             "model_patches_per_s": "n_scored / timings.model_s (time inside the scorer call)",

@@ -63,24 +63,45 @@ def main() -> None:
         rng = np.random.default_rng(0)
         tissue = make_tissue_polygons((w, h), rng, tissue_fraction=0.5)
         big = min(1500.0, 0.12 * min(w, h) * args.mpp)  # lesion diameters in microns
-        shapes = [random_blob_polygon(rng, (0.0, 0.0), d / 2 / args.mpp, n_vertices=64)
-                  for d in (big, big / 2, big / 4)]
+        shapes = [
+            random_blob_polygon(rng, (0.0, 0.0), d / 2 / args.mpp, n_vertices=64)
+            for d in (big, big / 2, big / 4)
+        ]
         lesions = place_lesions(shapes, args.mpp, args.mpp, (w, h), rng, tissue=tissue)
-        slide = write_synthetic_slide(tmp / "large.tif", l0_size_xy=(w, h), mpp=args.mpp,
-                                      lesions=lesions, seed=0, tile=512, tissue=tissue,
-                                      compression=args.compression).path
+        slide = write_synthetic_slide(
+            tmp / "large.tif",
+            l0_size_xy=(w, h),
+            mpp=args.mpp,
+            lesions=lesions,
+            seed=0,
+            tile=512,
+            tissue=tissue,
+            compression=args.compression,
+        ).path
     write_s = time.perf_counter() - t0
 
     policy = configure_precision(args.mixed_precision) if args.mixed_precision != "off" else None
     if args.model is None:
         spec = BACKBONE_SPECS[args.backbone]
         model = build_model(ModelConfig(backbone=args.backbone, weights="none"))
-        args.model = save_model(model, ModelCard(
-            backbone=args.backbone, patch_size=96, patch_mpp=0.972,
-            gradcam_layer=spec.gradcam_layer, preprocess=spec.preprocess), tmp / "model.keras")
+        args.model = save_model(
+            model,
+            ModelCard(
+                backbone=args.backbone,
+                patch_size=96,
+                patch_mpp=0.972,
+                gradcam_layer=spec.gradcam_layer,
+                preprocess=spec.preprocess,
+            ),
+            tmp / "model.keras",
+        )
     model, card = load_model(args.model, dtype_policy=policy)
-    cfg = ScanConfig(workers=args.workers, batch_size=args.batch_size, region=args.region,
-                     gradcam=not args.no_gradcam)
+    cfg = ScanConfig(
+        workers=args.workers,
+        batch_size=args.batch_size,
+        region=args.region,
+        gradcam=not args.no_gradcam,
+    )
     scorer = PatchScorer(model, card, gradcam=cfg.gradcam, batch_size=args.batch_size)
     # Warm-up (compilation) on a fixed batch, outside the timed scan.
     scorer(np.zeros((args.batch_size, 96, 96, 3), np.uint8))
@@ -95,10 +116,17 @@ def main() -> None:
     alone = reps * args.batch_size / (time.perf_counter() - tm)
     dev = device_info()
     figures = {
-        "slide_l0_size": [w, h], "slide_mpp": args.mpp, "slide_write_s": round(write_s, 1),
-        "read_level": int(result.plan.level), "resolution": result.plan.describe(),
-        "patches_scored": n, "backbone": card.backbone, "gradcam": cfg.gradcam,
-        "batch_size": args.batch_size, "workers": args.workers, "region": args.region,
+        "slide_l0_size": [w, h],
+        "slide_mpp": args.mpp,
+        "slide_write_s": round(write_s, 1),
+        "read_level": int(result.plan.level),
+        "resolution": result.plan.describe(),
+        "patches_scored": n,
+        "backbone": card.backbone,
+        "gradcam": cfg.gradcam,
+        "batch_size": args.batch_size,
+        "workers": args.workers,
+        "region": args.region,
         "dtype_policy": policy or "float32",
         "timings_s": {k: round(v, 3) for k, v in t.items()},
         "end_to_end_patches_per_s": round(n / t["total_s"], 1),
@@ -110,13 +138,20 @@ def main() -> None:
     }
     out = {
         "benchmark": "scan_large",
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "cpu_count": os.cpu_count(), "devices": dev.describe(),
-                    "keras": keras.__version__},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpu_count": os.cpu_count(),
+            "devices": dev.describe(),
+            "keras": keras.__version__,
+        },
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "command": "python benchmarks/bench_scan_large.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-            if v not in (None, False) and k != "json"),
+        "command": "python benchmarks/bench_scan_large.py "
+        + " ".join(
+            f"--{k.replace('_', '-')} {v}"
+            for k, v in vars(args).items()
+            if v not in (None, False) and k != "json"
+        ),
         "figures": figures,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -86,7 +86,7 @@ def busy_processes(window_s: float = 1.0, min_cpu: float = 0.1) -> list[str]:
                 continue
             try:
                 stat = Path(f"/proc/{pid}/stat").read_text()
-                fields = stat[stat.rindex(")") + 2:].split()
+                fields = stat[stat.rindex(")") + 2 :].split()
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
             except (OSError, ValueError):
                 continue
@@ -131,8 +131,12 @@ def machine_end(start: dict) -> dict:
         "load_average_1_5_15min_at_end": [round(v, 2) for v in os.getloadavg()],
         "other_training_processes_at_end": end_procs,
         "busy_processes_at_end": busy_at_end,
-        "contended": bool(start["other_training_processes_at_start"] or end_procs
-                          or start["busy_processes_at_start"] or busy_at_end),
+        "contended": bool(
+            start["other_training_processes_at_start"]
+            or end_procs
+            or start["busy_processes_at_start"]
+            or busy_at_end
+        ),
         "python": platform.python_version(),
         "keras": keras.__version__,
         "keras_backend": keras.backend.backend(),
@@ -309,8 +313,10 @@ def build_training_model(backbone: str):
     wrapper.compile(
         optimizer=keras.optimizers.Adam(1e-3),
         loss=keras.losses.BinaryCrossentropy(),
-        metrics=[keras.metrics.BinaryAccuracy(name="accuracy"),
-                 keras.metrics.AUC(name="auc", num_thresholds=500)],
+        metrics=[
+            keras.metrics.BinaryAccuracy(name="accuracy"),
+            keras.metrics.AUC(name="auc", num_thresholds=500),
+        ],
         jit_compile=jit_flag(train_cfg.jit_compile),
     )
     return wrapper, {
@@ -395,27 +401,37 @@ def bench_fed(wrapper, folder: Path, steps: int) -> dict:
 
 def print_table(pipelines: list[dict], slow: list[dict], steps: list[dict]) -> None:
     print("\ninput pipeline (prefetch(epoch_batches(...)), batch 64, float32 out)")
-    print(f"  {'data':<18}{'patches':>9}{'s':>8}{'patches/s':>12}{'first batch s':>15}"
-          f"{'median ms/batch':>17}{'max gap ms':>12}")
+    print(
+        f"  {'data':<18}{'patches':>9}{'s':>8}{'patches/s':>12}{'first batch s':>15}"
+        f"{'median ms/batch':>17}{'max gap ms':>12}"
+    )
     for p in pipelines:
-        print(f"  {p['data']:<18}{p['patches']:>9}{p['seconds']:>8.2f}{p['patches_per_s']:>12.0f}"
-              f"{p['first_batch_s']:>15.3f}{p['ms_per_batch_median']:>17.2f}"
-              f"{p['ms_between_batches_max']:>12.1f}")
+        print(
+            f"  {p['data']:<18}{p['patches']:>9}{p['seconds']:>8.2f}{p['patches_per_s']:>12.0f}"
+            f"{p['first_batch_s']:>15.3f}{p['ms_per_batch_median']:>17.2f}"
+            f"{p['ms_between_batches_max']:>12.1f}"
+        )
     print("\npipeline feeding a simulated (sleeping, GPU-like) step, across shuffle-group refills")
-    print(f"  {'data':<18}{'step ms':>8}{'steps':>7}{'wait %':>8}{'max wait ms':>13}"
-          f"{'patches/s':>11}{'ideal':>8}")
+    print(
+        f"  {'data':<18}{'step ms':>8}{'steps':>7}{'wait %':>8}{'max wait ms':>13}"
+        f"{'patches/s':>11}{'ideal':>8}"
+    )
     for r in slow:
-        print(f"  {r['data']:<18}{r['simulated_step_ms']:>8.0f}{r['steps']:>7}"
-              f"{100 * r['input_wait_fraction']:>7.1f}%{r['input_wait_ms_max']:>13.1f}"
-              f"{r['patches_per_s']:>11.0f}{r['patches_per_s_if_never_waiting']:>8.0f}")
+        print(
+            f"  {r['data']:<18}{r['simulated_step_ms']:>8.0f}{r['steps']:>7}"
+            f"{100 * r['input_wait_fraction']:>7.1f}%{r['input_wait_ms_max']:>13.1f}"
+            f"{r['patches_per_s']:>11.0f}{r['patches_per_s_if_never_waiting']:>8.0f}"
+        )
     print("\ntraining step (train_on_batch, batch 64, augmentation on) and ratio pipeline/step")
     head = f"  {'backbone':<13}{'params':>10}{'1st step s':>12}{'step s':>9}{'patches/s':>11}"
     head += "".join(f"{'ratio ' + p['data'][:10]:>20}" for p in pipelines)
     head += f"{'fed wait %':>12}"
     print(head)
     for s in steps:
-        line = (f"  {s['backbone']:<13}{s['params']:>10}{s['step']['first_step_s']:>12.2f}"
-                f"{s['step']['step_s_median']:>9.3f}{s['step']['patches_per_s']:>11.1f}")
+        line = (
+            f"  {s['backbone']:<13}{s['params']:>10}{s['step']['first_step_s']:>12.2f}"
+            f"{s['step']['step_s_median']:>9.3f}{s['step']['patches_per_s']:>11.1f}"
+        )
         for p in pipelines:
             line += f"{s['ratio_pipeline_over_step'].get(p['data'], float('nan')):>20.1f}"
         fed = s.get("fed")
@@ -427,23 +443,36 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a few steps only (smoke test)")
     ap.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=BACKBONES)
-    ap.add_argument("--pipeline-seconds", type=float, default=None,
-                    help="least seconds of pipeline timing per data set (default 8; quick 1)")
+    ap.add_argument(
+        "--pipeline-seconds",
+        type=float,
+        default=None,
+        help="least seconds of pipeline timing per data set (default 8; quick 1)",
+    )
     ap.add_argument("--no-fed", action="store_true", help="skip the pipeline-fed step timings")
-    ap.add_argument("--out", type=Path, default=None,
-                    help="JSON path (default benchmarks/results/training.json; "
-                         "training-quick.json with --quick)")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON path (default benchmarks/results/training.json; "
+        "training-quick.json with --quick)",
+    )
     args = ap.parse_args()
     out = args.out or REPO / "benchmarks" / "results" / (
-        "training-quick.json" if args.quick else "training.json")
+        "training-quick.json" if args.quick else "training.json"
+    )
     min_seconds = args.pipeline_seconds or (1.0 if args.quick else 8.0)
     min_batches = 8 if args.quick else 60
 
     start = machine_start()
     if start["other_training_processes_at_start"] or start["busy_processes_at_start"]:
-        print("WARNING: other processes are using the CPUs; the figures are contended:\n  "
-              + "\n  ".join(start["other_training_processes_at_start"]
-                             + start["busy_processes_at_start"]), flush=True)
+        print(
+            "WARNING: other processes are using the CPUs; the figures are contended:\n  "
+            + "\n  ".join(
+                start["other_training_processes_at_start"] + start["busy_processes_at_start"]
+            ),
+            flush=True,
+        )
     t_run = time.perf_counter()
 
     import keras  # imported here so TF start-up is not inside any timing
@@ -486,8 +515,10 @@ def main() -> None:
     print_table(pipelines, slow, results)
     machine = machine_end(start)
     if machine["contended"]:
-        print("\nCONTENDED: other processes shared the CPUs at the start or end of this "
-              "benchmark (see machine.busy_processes_* in the JSON)")
+        print(
+            "\nCONTENDED: other processes shared the CPUs at the start or end of this "
+            "benchmark (see machine.busy_processes_* in the JSON)"
+        )
     report = {
         "benchmark": "training input pipeline vs train_on_batch throughput",
         "quick": args.quick,
@@ -495,14 +526,14 @@ def main() -> None:
         "batch_size": BATCH,
         "patch": [PATCH, PATCH, 3],
         "pipeline": "training.prefetch(training.epoch_batches(open_pcam(folder, 'train'), 64, "
-                    "shuffle=True, seed=0, buffer_chunks=8))",
+        "shuffle=True, seed=0, buffer_chunks=8))",
         "step": "train_on_batch of keras.Model(inputs, model(make_augmenter(AugmentConfig(), "
-                "seed=0)(inputs))), Adam, BinaryCrossentropy, BinaryAccuracy + AUC(500), "
-                f"jit_compile=auto; in-memory batches from {step_data_name}",
+        "seed=0)(inputs))), Adam, BinaryCrossentropy, BinaryAccuracy + AUC(500), "
+        f"jit_compile=auto; in-memory batches from {step_data_name}",
         "fed": "the same steps fed by next() on the prefetched pipeline, across one "
-               "shuffle-group refill; input_wait_fraction = time blocked in next() / wall time",
+        "shuffle-group refill; input_wait_fraction = time blocked in next() / wall time",
         "simulated_consumer_note": "time.sleep(step) per batch (host CPU left free, like a GPU "
-                                   "step), about 2 shuffle groups",
+        "step), about 2 shuffle groups",
         "skipped": skipped,
         "pipelines": pipelines,
         "simulated_consumer": slow,

@@ -54,8 +54,9 @@ def test_read_camelyon_style_xml(tmp_path):
     assert [a.group for a in anns] == ["_0", "_2"]
     assert [a.type for a in anns] == ["Polygon", "Spline"]
     # Vertices sorted by Order; the decimal comma is read as a point.
-    np.testing.assert_array_equal(anns[0].polygon,
-                                  [[100, 100], [200.5, 100], [200, 200], [100, 200.25]])
+    np.testing.assert_array_equal(
+        anns[0].polygon, [[100, 100], [200.5, 100], [200, 200], [100, 200.25]]
+    )
     assert anns[0].polygon.dtype == np.float64
     assert anns[0].is_tumour and not anns[0].is_exclusion
     assert anns[1].is_exclusion and not anns[1].is_tumour
@@ -110,8 +111,10 @@ def test_rasterize_known_square():
 
 
 def test_rasterize_subtracts_exclusions_and_takes_bare_polygons():
-    anns = [Annotation("t", "_1", _square(0, 0, 100, 100)),
-            Annotation("x", "Exclusion", _square(40, 40, 60, 60))]
+    anns = [
+        Annotation("t", "_1", _square(0, 0, 100, 100)),
+        Annotation("x", "Exclusion", _square(40, 40, 60, 60)),
+    ]
     m = rasterize(anns, (100, 100), 1)
     assert m.sum() == 100 * 100 - 20 * 20
     assert not m[40:60, 40:60].any()

@@ -27,10 +27,20 @@ BACKENDS = ("tensorflow", "jax", "torch")
 
 
 def _run(backend, model_path, patches_path, out_path):
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2",
-           "JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(model_path), str(patches_path),
-                           str(out_path)], env=env, capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": backend,
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "JAX_PLATFORMS": "cpu",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(model_path), str(patches_path), str(out_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return np.load(out_path)
 
@@ -46,9 +56,17 @@ def saved(tmp_path_factory):
     w, b = model.get_layer("logit").get_weights()
     model.get_layer("logit").set_weights([np.linspace(-1, 1, w.size).reshape(w.shape), b])
     spec = BACKBONE_SPECS["tiny"]
-    path = save_model(model, ModelCard(backbone="tiny", patch_size=96, patch_mpp=0.972,
-                                       gradcam_layer=spec.gradcam_layer,
-                                       preprocess=spec.preprocess), folder / "model.keras")
+    path = save_model(
+        model,
+        ModelCard(
+            backbone="tiny",
+            patch_size=96,
+            patch_mpp=0.972,
+            gradcam_layer=spec.gradcam_layer,
+            preprocess=spec.preprocess,
+        ),
+        folder / "model.keras",
+    )
     patches = np.random.default_rng(0).integers(0, 256, (6, 96, 96, 3), dtype=np.uint8)
     np.save(folder / "x.npy", patches)
     reference = _run("tensorflow", path, folder / "x.npy", folder / "tensorflow.npz")

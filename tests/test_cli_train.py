@@ -15,8 +15,10 @@ runner = CliRunner()
 
 
 def test_help_lists_commands_without_importing_tensorflow():
-    code = ("import sys; from wsi_saliency.cli import app; "
-            "print('tensorflow' in sys.modules, 'openslide' in sys.modules)")
+    code = (
+        "import sys; from wsi_saliency.cli import app; "
+        "print('tensorflow' in sys.modules, 'openslide' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False False"
     result = runner.invoke(app, ["--help"])
@@ -28,8 +30,9 @@ def test_help_lists_commands_without_importing_tensorflow():
 def test_version_and_module_entry_point():
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.startswith("wsi-saliency ")
-    out = subprocess.run([sys.executable, "-m", "wsi_saliency", "--version"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "wsi_saliency", "--version"], capture_output=True, text=True
+    )
     assert out.returncode == 0 and "wsi-saliency" in out.stdout
 
 
@@ -48,9 +51,24 @@ def tiny_data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "run"
-    result = runner.invoke(app, [
-        "train", "--config", "configs/sample.yaml", "--data", str(tiny_data), "--out", str(out),
-        "--head-epochs", "1", "--batch-size", "16", "--set", "train.verbose=0"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--config",
+            "configs/sample.yaml",
+            "--data",
+            str(tiny_data),
+            "--out",
+            str(out),
+            "--head-epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--set",
+            "train.verbose=0",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -65,38 +83,77 @@ def test_train_cli_writes_model_and_resolved_config(trained, tiny_data):
 
 
 def test_train_refuses_to_mix_runs(trained, tiny_data):
-    result = runner.invoke(app, ["train", "--config", "configs/sample.yaml", "--data",
-                                 str(tiny_data), "--out", str(trained)])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--config",
+            "configs/sample.yaml",
+            "--data",
+            str(tiny_data),
+            "--out",
+            str(trained),
+        ],
+    )
     assert result.exit_code == 2
     assert "already holds a finished run" in result.output and "Traceback" not in result.output
 
 
 def test_evaluate_json_prints_auc(trained, tiny_data, tmp_path):
-    result = runner.invoke(app, ["evaluate", str(trained / "model.keras"), str(tiny_data),
-                                 "--split", "test", "--json", "--out", str(tmp_path)])
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            str(trained / "model.keras"),
+            str(tiny_data),
+            "--split",
+            "test",
+            "--json",
+            "--out",
+            str(tmp_path),
+        ],
+    )
     assert result.exit_code == 0, result.output
-    metrics = json.loads(result.stdout[result.stdout.index("{"):])
+    metrics = json.loads(result.stdout[result.stdout.index("{") :])
     assert 0 <= metrics["auc"] <= 1 and metrics["n"] == 32 and metrics["split"] == "test"
     assert (tmp_path / "metrics.json").is_file() and (tmp_path / "roc.png").stat().st_size > 1000
 
 
 def test_evaluate_with_tta(trained, tiny_data, tmp_path):
-    result = runner.invoke(app, ["evaluate", str(trained / "model.keras"), str(tiny_data),
-                                 "--split", "valid", "--tta", "--out", str(tmp_path)])
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            str(trained / "model.keras"),
+            str(tiny_data),
+            "--split",
+            "valid",
+            "--tta",
+            "--out",
+            str(tmp_path),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "metrics.json").read_text())["tta"] is True
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["train", "--data", "/nonexistent/pcam"], "does not exist"),
-    (["train", "--config", "/nonexistent.yaml"], "config file /nonexistent.yaml does not exist"),
-    (["train", "--backbone", "vgg"], "model.backbone must be one of"),
-    (["train", "--set", "train.seed"], "section.key=value"),
-    (["evaluate", "/nonexistent/model.keras", "."], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["train", "--data", "/nonexistent/pcam"], "does not exist"),
+        (
+            ["train", "--config", "/nonexistent.yaml"],
+            "config file /nonexistent.yaml does not exist",
+        ),
+        (["train", "--backbone", "vgg"], "model.backbone must be one of"),
+        (["train", "--set", "train.seed"], "section.key=value"),
+        (["evaluate", "/nonexistent/model.keras", "."], "does not exist"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(args, fragment, tmp_path):
-    result = runner.invoke(app, [*args, "--out", str(tmp_path / "o")] if args[0] == "train"
-                           else args)
+    result = runner.invoke(
+        app, [*args, "--out", str(tmp_path / "o")] if args[0] == "train" else args
+    )
     assert result.exit_code == 2, result.output
     assert fragment in result.output
     assert "Traceback" not in result.output
@@ -107,8 +164,9 @@ def test_evaluate_rejects_a_keras_file_without_card(tmp_path, tiny_data):
     import keras
 
     plain = tmp_path / "plain.keras"
-    keras.Sequential([keras.Input((96, 96, 3)), keras.layers.GlobalAveragePooling2D(),
-                      keras.layers.Dense(1)]).save(plain)
+    keras.Sequential(
+        [keras.Input((96, 96, 3)), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(1)]
+    ).save(plain)
     result = runner.invoke(app, ["evaluate", str(plain), str(tiny_data)])
     assert result.exit_code == 2 and "no wsi-saliency metadata" in result.output
 

@@ -18,8 +18,10 @@ def test_shipped_configs_load():
 
 
 def test_cli_overrides_win_over_file_and_are_typed():
-    cfg = load_config(REPO / "configs" / "sample.yaml",
-                      ["train.seed=7", ("data", "batch_size", "16"), "augment.flip_vertical=false"])
+    cfg = load_config(
+        REPO / "configs" / "sample.yaml",
+        ["train.seed=7", ("data", "batch_size", "16"), "augment.flip_vertical=false"],
+    )
     assert cfg.train.seed == 7 and cfg.data.batch_size == 16
     assert cfg.augment.flip_vertical is False
 

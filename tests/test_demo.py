@@ -20,11 +20,21 @@ def test_demo_learns_and_finds_the_planted_lesions(tmp_path):
     metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
     assert metrics["auc"] >= 0.95  # valid split of sample_data/pcam
 
-    evaluated = runner.invoke(app, ["evaluate", str(tmp_path / "model" / "model.keras"),
-                                    str(REPO / "sample_data" / "pcam"), "--split", "test",
-                                    "--json", "--out", str(tmp_path / "eval")])
+    evaluated = runner.invoke(
+        app,
+        [
+            "evaluate",
+            str(tmp_path / "model" / "model.keras"),
+            str(REPO / "sample_data" / "pcam"),
+            "--split",
+            "test",
+            "--json",
+            "--out",
+            str(tmp_path / "eval"),
+        ],
+    )
     assert evaluated.exit_code == 0, evaluated.output
-    test_metrics = json.loads(evaluated.stdout[evaluated.stdout.index("{"):])
+    test_metrics = json.loads(evaluated.stdout[evaluated.stdout.index("{") :])
     assert test_metrics["auc"] >= 0.95
 
     report = json.loads((tmp_path / "demo_report.json").read_text())

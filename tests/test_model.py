@@ -7,7 +7,7 @@ import pytest
 
 from wsi_saliency.config import ModelConfig
 from wsi_saliency.errors import InputError, ModelError
-from wsi_saliency.model.build import build_model, set_trainable, backbone_layers
+from wsi_saliency.model.build import backbone_layers, build_model, set_trainable
 from wsi_saliency.model.gradcam import GradCam, gradcam_reference
 from wsi_saliency.model.io import CARD_NAME, ModelCard, load_model, read_card, save_model
 
@@ -18,8 +18,14 @@ def tiny():
 
 
 def _card(**kw):
-    base = dict(backbone="tiny", patch_size=96, patch_mpp=0.972,
-                gradcam_layer="tiny_stage4_out", preprocess="unit", seed=3)
+    base = dict(
+        backbone="tiny",
+        patch_size=96,
+        patch_mpp=0.972,
+        gradcam_layer="tiny_stage4_out",
+        preprocess="unit",
+        seed=3,
+    )
     return ModelCard(**{**base, **kw})
 
 
@@ -89,8 +95,11 @@ def test_backbones_from_scratch_get_batchnorm_that_settles():
     import keras
 
     model = build_model(ModelConfig(backbone="mobilenetv2", alpha=0.35, weights="none"))
-    momenta = {layer.momentum for layer in model.layers
-               if isinstance(layer, keras.layers.BatchNormalization)}
+    momenta = {
+        layer.momentum
+        for layer in model.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    }
     assert momenta == {0.9}  # keras' MobileNetV2 default is 0.999
 
 
@@ -114,8 +123,9 @@ def test_batched_gradcam_equals_one_image_reference(tiny):
     gc = GradCam(tiny, "tiny_stage4_out")
     prob, cam = gc(x)
     assert cam.shape == (5, 12, 12) and gc.map_shape == (12, 12)
-    np.testing.assert_allclose(prob, np.asarray(tiny.predict_on_batch(x.astype("float32"))).ravel(),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        prob, np.asarray(tiny.predict_on_batch(x.astype("float32"))).ravel(), atol=1e-5
+    )
     for i in range(5):
         p_ref, cam_ref = gradcam_reference(tiny, "tiny_stage4_out", x[i])
         assert prob[i] == pytest.approx(p_ref, abs=1e-5)
@@ -145,7 +155,12 @@ def test_reload_under_mixed_precision_keeps_predictions(tmp_path):
     mixed, _ = load_model(path, dtype_policy="mixed_bfloat16")
     assert mixed.get_layer("tiny_stage2_conv1").compute_dtype == "bfloat16"
     assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
-    np.testing.assert_allclose(np.asarray(mixed.predict_on_batch(x), np.float32),
-                               np.asarray(model.predict_on_batch(x)), atol=0.05)
+    np.testing.assert_allclose(
+        np.asarray(mixed.predict_on_batch(x), np.float32),
+        np.asarray(model.predict_on_batch(x)),
+        atol=0.05,
+    )
     with pytest.raises(ModelError, match="no training config"):
-        load_model(save_model(model, _card(), tmp_path / "bare.keras"), dtype_policy="mixed_float16")
+        load_model(
+            save_model(model, _card(), tmp_path / "bare.keras"), dtype_policy="mixed_float16"
+        )

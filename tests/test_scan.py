@@ -11,7 +11,7 @@ import tifffile
 from typer.testing import CliRunner
 
 from wsi_saliency.cli import app
-from wsi_saliency.config import ModelConfig, ScanConfig
+from wsi_saliency.config import ModelConfig
 from wsi_saliency.evaluation import dihedral
 from wsi_saliency.scan.pipeline import undo_dihedral
 
@@ -25,8 +25,13 @@ def tiny_model(tmp_path_factory):
     from wsi_saliency.model.io import ModelCard, save_model
 
     model = build_model(ModelConfig(backbone="tiny", weights="none"))
-    card = ModelCard(backbone="tiny", patch_size=96, patch_mpp=0.972,
-                     gradcam_layer="tiny_stage4_out", preprocess="unit")
+    card = ModelCard(
+        backbone="tiny",
+        patch_size=96,
+        patch_mpp=0.972,
+        gradcam_layer="tiny_stage4_out",
+        preprocess="unit",
+    )
     return save_model(model, card, tmp_path_factory.mktemp("model") / "model.keras")
 
 
@@ -39,15 +44,25 @@ def slide(tmp_path_factory):
     rng = np.random.default_rng(0)
     lesion = random_blob_polygon(rng, (900.0, 700.0), 250.0, irregularity=0.3, n_vertices=48)
     tissue = [np.array([[150, 150], [1900, 200], [1850, 1350], [200, 1300]], float)]
-    info = write_synthetic_slide(folder / "small.tif", l0_size_xy=(2048, 1536), mpp=MPP,
-                                 lesions=[lesion], seed=1, tile=256, levels=(1, 4),
-                                 tissue=tissue, pen_mark=False, dark_area=False)
+    info = write_synthetic_slide(
+        folder / "small.tif",
+        l0_size_xy=(2048, 1536),
+        mpp=MPP,
+        lesions=[lesion],
+        seed=1,
+        tile=256,
+        levels=(1, 4),
+        tissue=tissue,
+        pen_mark=False,
+        dark_area=False,
+    )
     return info.path
 
 
 def _scan(args, tiny_model, out):
-    return runner.invoke(app, ["scan", *map(str, args), "--model", str(tiny_model),
-                               "--out", str(out), "--quiet"])
+    return runner.invoke(
+        app, ["scan", *map(str, args), "--model", str(tiny_model), "--out", str(out), "--quiet"]
+    )
 
 
 def test_scan_writes_every_output_with_frames_and_provenance(slide, tiny_model, tmp_path):
@@ -87,7 +102,8 @@ def test_scan_writes_every_output_with_frames_and_provenance(slide, tiny_model, 
     assert summary["versions"]["keras_backend"] == keras.backend.backend()
     rows = list(csv.DictReader((tmp_path / "cohort.csv").open()))
     assert rows[0]["status"] == "done" and float(rows[0]["score_max"]) == pytest.approx(
-        summary["score_max"], abs=1e-5)
+        summary["score_max"], abs=1e-5
+    )
 
 
 def test_rerun_skips_complete_slides_and_redoes_interrupted_ones(slide, tiny_model, tmp_path):
@@ -97,8 +113,19 @@ def test_rerun_skips_complete_slides_and_redoes_interrupted_ones(slide, tiny_mod
     (tmp_path / "small" / "summary.json").unlink()  # as if interrupted before the last file
     redo = _scan([slide], tiny_model, tmp_path)
     assert "1 scanned" in redo.output and (tmp_path / "small" / "summary.json").is_file()
-    forced = runner.invoke(app, ["scan", str(slide), "--model", str(tiny_model), "--out",
-                                 str(tmp_path), "--overwrite", "--quiet"])
+    forced = runner.invoke(
+        app,
+        [
+            "scan",
+            str(slide),
+            "--model",
+            str(tiny_model),
+            "--out",
+            str(tmp_path),
+            "--overwrite",
+            "--quiet",
+        ],
+    )
     assert "1 scanned" in forced.output
 
 
@@ -109,7 +136,10 @@ def test_a_bad_slide_is_reported_and_the_rest_go_on(slide, tiny_model, tmp_path)
     result = _scan([bad, slide], tiny_model, tmp_path / "out")
     assert result.exit_code == 1
     assert "Traceback" not in result.output
-    rows = {r["slide"].split("/")[-1]: r for r in csv.DictReader((tmp_path / "out" / "cohort.csv").open())}
+    rows = {
+        r["slide"].split("/")[-1]: r
+        for r in csv.DictReader((tmp_path / "out" / "cohort.csv").open())
+    }
     assert rows["broken.svs"]["status"] == "failed" and "broken.svs" in rows["broken.svs"]["error"]
     assert rows["small.tif"]["status"] == "done"
     assert not (tmp_path / "out" / "broken").exists()
@@ -127,8 +157,20 @@ def test_slide_without_resolution_needs_slide_mpp(tiny_model, tmp_path):
     _plain_tiff(path, image)
     result = _scan([path], tiny_model, tmp_path / "out")
     assert result.exit_code == 1 and "--slide-mpp" in result.output
-    ok = runner.invoke(app, ["scan", str(path), "--model", str(tiny_model), "--out",
-                             str(tmp_path / "out2"), "--slide-mpp", "0.5", "--quiet"])
+    ok = runner.invoke(
+        app,
+        [
+            "scan",
+            str(path),
+            "--model",
+            str(tiny_model),
+            "--out",
+            str(tmp_path / "out2"),
+            "--slide-mpp",
+            "0.5",
+            "--quiet",
+        ],
+    )
     assert ok.exit_code == 0, ok.output
 
 
@@ -144,8 +186,9 @@ def test_blank_slide_gives_empty_heatmaps_score_zero_and_a_warning(tiny_model, t
         assert np.isnan(f["heatmap_prob"][()]).all()
 
 
-@pytest.mark.parametrize("case", ["model_without_card", "out_is_a_file", "missing_slide",
-                                  "bad_stride_cells"])
+@pytest.mark.parametrize(
+    "case", ["model_without_card", "out_is_a_file", "missing_slide", "bad_stride_cells"]
+)
 def test_usage_errors_stop_before_any_work(case, slide, tiny_model, tmp_path):
     model, out, slides, extra = tiny_model, tmp_path / "out", [slide], []
     if case == "model_without_card":
@@ -159,16 +202,31 @@ def test_usage_errors_stop_before_any_work(case, slide, tiny_model, tmp_path):
         slides = [tmp_path / "nope.svs"]
     else:
         extra = ["--stride", "50"]  # 50 * 12 / 96 is not a whole number of cells
-    result = runner.invoke(app, ["scan", *map(str, slides), "--model", str(model), "--out",
-                                 str(out), "--quiet", *extra])
+    result = runner.invoke(
+        app,
+        ["scan", *map(str, slides), "--model", str(model), "--out", str(out), "--quiet", *extra],
+    )
     assert result.exit_code == 2, result.output
     assert result.output.count("error:") == 1 and "Traceback" not in result.output
     assert not (out.is_dir() and any(out.iterdir()))
 
 
 def test_stride_32_puts_predictions_on_pcam_centres(slide, tiny_model, tmp_path):
-    result = runner.invoke(app, ["scan", str(slide), "--model", str(tiny_model), "--out",
-                                 str(tmp_path), "--stride", "32", "--no-gradcam", "--quiet"])
+    result = runner.invoke(
+        app,
+        [
+            "scan",
+            str(slide),
+            "--model",
+            str(tiny_model),
+            "--out",
+            str(tmp_path),
+            "--stride",
+            "32",
+            "--no-gradcam",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     with h5py.File(tmp_path / "small" / "scan.h5") as f:
         assert f.attrs["stride_l0"] == pytest.approx(64.0, rel=0.01)
@@ -184,8 +242,19 @@ def test_undo_dihedral_inverts_every_view():
 
 
 def test_tta_scan_runs_and_is_recorded(slide, tiny_model, tmp_path):
-    result = runner.invoke(app, ["scan", str(slide), "--model", str(tiny_model), "--out",
-                                 str(tmp_path), "--tta", "--quiet"])
+    result = runner.invoke(
+        app,
+        [
+            "scan",
+            str(slide),
+            "--model",
+            str(tiny_model),
+            "--out",
+            str(tmp_path),
+            "--tta",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "small" / "summary.json").read_text())
     assert summary["config"]["tta"] is True
@@ -217,9 +286,23 @@ def test_user_tissue_mask_and_roi_replace_the_automatic_mask(slide, tiny_model, 
     Image.fromarray(left).save(masks / "small.png")
     box = np.array([[0, 0], [1024, 0], [1024, 768], [0, 768]], float)  # top-left quarter
     write_asap_xml(rois / "small.xml", [Annotation("roi", "_0", box)])
-    result = runner.invoke(app, ["scan", str(slide), "--model", str(tiny_model), "--out",
-                                 str(tmp_path / "out"), "--tissue-masks", str(masks), "--roi",
-                                 str(rois), "--no-gradcam", "--quiet"])
+    result = runner.invoke(
+        app,
+        [
+            "scan",
+            str(slide),
+            "--model",
+            str(tiny_model),
+            "--out",
+            str(tmp_path / "out"),
+            "--tissue-masks",
+            str(masks),
+            "--roi",
+            str(rois),
+            "--no-gradcam",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     with h5py.File(tmp_path / "out" / "small" / "scan.h5") as f:
         coords = f["coords"][()]
@@ -228,6 +311,18 @@ def test_user_tissue_mask_and_roi_replace_the_automatic_mask(slide, tiny_model, 
         assert f["tissue_mask"][()][:, :5].all()  # the user's mask, not the automatic one
     empty = tmp_path / "empty"
     empty.mkdir()
-    missing = runner.invoke(app, ["scan", str(slide), "--model", str(tiny_model), "--out",
-                                  str(tmp_path / "out2"), "--roi", str(empty), "--quiet"])
+    missing = runner.invoke(
+        app,
+        [
+            "scan",
+            str(slide),
+            "--model",
+            str(tiny_model),
+            "--out",
+            str(tmp_path / "out2"),
+            "--roi",
+            str(empty),
+            "--quiet",
+        ],
+    )
     assert missing.exit_code == 1 and "no region of interest for small.tif" in missing.output

@@ -26,8 +26,10 @@ def patches():
 
 
 def test_no_tensorflow_import():
-    code = ("import sys, wsi_saliency.data.synthetic, wsi_saliency.data.synthetic_slide, "
-            "wsi_saliency.data.annotations; assert 'tensorflow' not in sys.modules")
+    code = (
+        "import sys, wsi_saliency.data.synthetic, wsi_saliency.data.synthetic_slide, "
+        "wsi_saliency.data.annotations; assert 'tensorflow' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -51,8 +53,9 @@ def test_render_glass_and_bad_shapes():
     img = render_tissue((32, 32), 0.5, None, np.random.default_rng(0), tissue_mask=tissue)
     assert (img[:, 16:] == GLASS_RGB).all()
     assert (img[:, :16] != GLASS_RGB).any(axis=-1).mean() > 0.5
-    glass = render_tissue((8, 8), 0.5, None, np.random.default_rng(0),
-                          tissue_mask=np.zeros((8, 8), bool))
+    glass = render_tissue(
+        (8, 8), 0.5, None, np.random.default_rng(0), tissue_mask=np.zeros((8, 8), bool)
+    )
     assert (glass == GLASS_RGB).all()
     with pytest.raises(ValueError, match="tumour_mask"):
         render_tissue((8, 8), 0.5, np.zeros((4, 4), bool), np.random.default_rng(0))
@@ -76,8 +79,14 @@ def test_physical_scale_half_resolution_looks_like_downsample():
     tm[40:150, 60:170] = True
     rng = np.random.default_rng(0)
     lo = render_tissue((n, n), 0.972, tm, rng, origin_xy=(300, 400), texture_seed=9)
-    hi = render_tissue((2 * n, 2 * n), 0.486, np.kron(tm, np.ones((2, 2), bool)), rng,
-                       origin_xy=(600, 800), texture_seed=9)
+    hi = render_tissue(
+        (2 * n, 2 * n),
+        0.486,
+        np.kron(tm, np.ones((2, 2), bool)),
+        rng,
+        origin_xy=(600, 800),
+        texture_seed=9,
+    )
     down = hi.astype(np.float64).reshape(n, 2, n, 2, 3).mean(axis=(1, 3))
     other = render_tissue((n, n), 0.972, tm, rng, origin_xy=(300, 400), texture_seed=10)
     same = np.corrcoef(lo.ravel(), down.ravel())[0, 1]
@@ -97,6 +106,7 @@ def test_nuclear_morphology_differs_by_class():
     assert 5.8 < np.median(r_tumour) < 9.5
     # Vesicular tumour nuclei are paler on average; lymphocytes are dense throughout.
     assert tumour[tumour > 0.15].mean() < 0.75 * lymph[lymph > 0.15].mean()
+
     # Tumour outlines are irregular: the outline radius varies more (coefficient of variation).
     def outline_cv(stamps: np.ndarray) -> float:
         size = stamps.shape[1]
@@ -161,12 +171,16 @@ def test_write_sample_dataset_pcam_layout(tmp_path):
 
 
 def test_main_writes_patches(tmp_path, capsys):
-    rc = synthetic.main([str(tmp_path), "--no-slide", "--n-train", "4", "--n-valid", "2",
-                         "--n-test", "2"])
+    rc = synthetic.main(
+        [str(tmp_path), "--no-slide", "--n-train", "4", "--n-valid", "2", "--n-test", "2"]
+    )
     assert rc == 0
     names = sorted(p.name for p in (tmp_path / "pcam").iterdir())
-    assert names == sorted(f"camelyonpatch_level_2_split_{s}_{a}.h5"
-                           for s in ("train", "valid", "test") for a in ("x", "y"))
+    assert names == sorted(
+        f"camelyonpatch_level_2_split_{s}_{a}.h5"
+        for s in ("train", "valid", "test")
+        for a in ("x", "y")
+    )
     assert "patches" in capsys.readouterr().out
 
 

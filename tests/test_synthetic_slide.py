@@ -41,9 +41,17 @@ def small_slide(tmp_path_factory) -> SyntheticSlideInfo:
     tissue = make_tissue_polygons(SIZE, rng, tissue_fraction=0.55, n_blobs=2)
     blob = np.array([[0, 0], [180, -20], [260, 120], [120, 240], [-20, 150]], dtype=np.float64)
     lesions = place_lesions([blob, blob * 0.5], MPP, MPP, SIZE, rng, tissue=tissue)
-    return write_synthetic_slide(folder / "synth.tif", l0_size_xy=SIZE, mpp=MPP, lesions=lesions,
-                                 seed=7, tile=TILE, levels=(1, 2, 4), jpeg_quality=90,
-                                 tissue=tissue)
+    return write_synthetic_slide(
+        folder / "synth.tif",
+        l0_size_xy=SIZE,
+        mpp=MPP,
+        lesions=lesions,
+        seed=7,
+        tile=TILE,
+        levels=(1, 2, 4),
+        jpeg_quality=90,
+        tissue=tissue,
+    )
 
 
 def test_openslide_opens_pyramid_with_mpp(small_slide):
@@ -74,12 +82,18 @@ def test_level0_pixels_match_render_tissue(small_slide):
     tissue = rasterize(list(info.tissue), (TILE, TILE), 1, origin_xy=(x0, y0))
     tumour = rasterize(list(info.lesions), (TILE, TILE), 1, origin_xy=(x0, y0)) & tissue
     assert tumour.any()
-    expected = render_tissue((TILE, TILE), MPP, tumour,
-                             np.random.default_rng([info.seed, ty * ntx + tx]),
-                             origin_xy=(x0, y0), texture_seed=info.texture_seed,
-                             tissue_mask=tissue)
-    np.testing.assert_array_equal(expected, render_slide_tile(info, (x0, y0), (TILE, TILE),
-                                                              ty * ntx + tx))
+    expected = render_tissue(
+        (TILE, TILE),
+        MPP,
+        tumour,
+        np.random.default_rng([info.seed, ty * ntx + tx]),
+        origin_xy=(x0, y0),
+        texture_seed=info.texture_seed,
+        tissue_mask=tissue,
+    )
+    np.testing.assert_array_equal(
+        expected, render_slide_tile(info, (x0, y0), (TILE, TILE), ty * ntx + tx)
+    )
     s = openslide.OpenSlide(str(info.path))
     try:
         got = np.asarray(s.read_region((x0, y0), 0, (TILE, TILE)).convert("RGB")).astype(int)
@@ -132,9 +146,17 @@ def test_pen_mark_and_dark_area_on_glass(small_slide):
 
 
 def test_deterministic_pixels(tmp_path, small_slide):
-    info = write_synthetic_slide(tmp_path / "again.tif", l0_size_xy=SIZE, mpp=MPP,
-                                 lesions=small_slide.lesions, seed=7, tile=TILE,
-                                 levels=(1, 2, 4), jpeg_quality=90, tissue=small_slide.tissue)
+    info = write_synthetic_slide(
+        tmp_path / "again.tif",
+        l0_size_xy=SIZE,
+        mpp=MPP,
+        lesions=small_slide.lesions,
+        seed=7,
+        tile=TILE,
+        levels=(1, 2, 4),
+        jpeg_quality=90,
+        tissue=small_slide.tissue,
+    )
     a = openslide.OpenSlide(str(info.path))
     b = openslide.OpenSlide(str(small_slide.path))
     try:
@@ -151,15 +173,25 @@ def test_reduced_levels_via_memory_map(tmp_path, monkeypatch, small_slide):
     from wsi_saliency.data import synthetic_slide
 
     monkeypatch.setattr(synthetic_slide, "_MEMMAP_BYTES", 0)
-    info = write_synthetic_slide(tmp_path / "mm.tif", l0_size_xy=SIZE, mpp=MPP,
-                                 lesions=small_slide.lesions, seed=7, tile=TILE,
-                                 levels=(1, 2, 4), jpeg_quality=90, tissue=small_slide.tissue)
+    info = write_synthetic_slide(
+        tmp_path / "mm.tif",
+        l0_size_xy=SIZE,
+        mpp=MPP,
+        lesions=small_slide.lesions,
+        seed=7,
+        tile=TILE,
+        levels=(1, 2, 4),
+        jpeg_quality=90,
+        tissue=small_slide.tissue,
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mm.tif", "mm.xml"]
     a = openslide.OpenSlide(str(info.path))
     b = openslide.OpenSlide(str(small_slide.path))
     try:
-        np.testing.assert_array_equal(np.asarray(a.read_region((0, 0), 2, (375, 275))),
-                                      np.asarray(b.read_region((0, 0), 2, (375, 275))))
+        np.testing.assert_array_equal(
+            np.asarray(a.read_region((0, 0), 2, (375, 275))),
+            np.asarray(b.read_region((0, 0), 2, (375, 275))),
+        )
     finally:
         a.close()
         b.close()
@@ -167,11 +199,25 @@ def test_reduced_levels_via_memory_map(tmp_path, monkeypatch, small_slide):
 
 def test_bad_levels_rejected(tmp_path):
     with pytest.raises(ValueError, match="divide the tile"):
-        write_synthetic_slide(tmp_path / "x.tif", l0_size_xy=(64, 64), mpp=1.0, lesions=[],
-                              seed=0, tile=48, levels=(1, 32))
+        write_synthetic_slide(
+            tmp_path / "x.tif",
+            l0_size_xy=(64, 64),
+            mpp=1.0,
+            lesions=[],
+            seed=0,
+            tile=48,
+            levels=(1, 32),
+        )
     with pytest.raises(ValueError, match="start with downsample 1"):
-        write_synthetic_slide(tmp_path / "x.tif", l0_size_xy=(64, 64), mpp=1.0, lesions=[],
-                              seed=0, tile=64, levels=(2, 4))
+        write_synthetic_slide(
+            tmp_path / "x.tif",
+            l0_size_xy=(64, 64),
+            mpp=1.0,
+            lesions=[],
+            seed=0,
+            tile=64,
+            levels=(2, 4),
+        )
 
 
 def test_make_tissue_polygons_fraction():
@@ -189,8 +235,10 @@ def test_place_lesions_physical_size_inside_tissue_no_overlap():
     size = (6000, 5000)
     tissue = make_tissue_polygons(size, rng, tissue_fraction=0.6)
     theta = np.linspace(0, 2 * np.pi, 40, endpoint=False)
-    src = [np.stack([1000 + r * np.cos(theta), 800 + 0.7 * r * np.sin(theta)], axis=1)
-           for r in (900.0, 500.0, 300.0)]  # at 0.243 mpp
+    src = [
+        np.stack([1000 + r * np.cos(theta), 800 + 0.7 * r * np.sin(theta)], axis=1)
+        for r in (900.0, 500.0, 300.0)
+    ]  # at 0.243 mpp
     placed = place_lesions(src, CAMELYON16_MPP, 0.972, size, rng, tissue=tissue)
     assert len(placed) == 3
     tis = rasterize(tissue, (500, 600), 10)
@@ -217,8 +265,14 @@ def test_load_camelyon16_polygons_errors(tmp_path):
     with pytest.raises(DataError, match="bad.json"):
         load_camelyon16_polygons(bad)
     good = tmp_path / "good.json"
-    good.write_text(json.dumps({"positive": [{"name": "_0", "vertices": [[0, 0], [5, 0], [5, 5]]}],
-                                "negative": [{"name": "h", "vertices": [[1, 1], [2, 1], [2, 2]]}]}))
+    good.write_text(
+        json.dumps(
+            {
+                "positive": [{"name": "_0", "vertices": [[0, 0], [5, 0], [5, 5]]}],
+                "negative": [{"name": "h", "vertices": [[1, 1], [2, 1], [2, 2]]}],
+            }
+        )
+    )
     anns = load_camelyon16_polygons(good)
     assert [(a.name, a.group) for a in anns] == [("_0", "_0"), ("h", "_2")]
 
@@ -238,7 +292,8 @@ def test_place_real_camelyon16_lesions(shared_data):
     assert len(placed) == 2  # exclusions are not placed
     for a, p in zip(tumour, placed, strict=True):
         assert _polygon_area(p) * 0.486**2 == pytest.approx(
-            _polygon_area(a.polygon) * CAMELYON16_MPP**2, rel=1e-9)
+            _polygon_area(a.polygon) * CAMELYON16_MPP**2, rel=1e-9
+        )
 
 
 def test_committed_sample_slide():

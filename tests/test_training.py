@@ -37,19 +37,32 @@ def blob_data(tmp_path_factory):
 
 
 def _cfg(data, *extra):
-    return load_config(None, [
-        f"data.path={data}", "data.batch_size=32", "model.backbone=tiny", "model.weights=none",
-        "train.head_epochs=3", "train.finetune_epochs=0", "train.verbose=0",
-        "train.lr_schedule=constant", "train.early_stopping_patience=0", *extra,
-    ])
+    return load_config(
+        None,
+        [
+            f"data.path={data}",
+            "data.batch_size=32",
+            "model.backbone=tiny",
+            "model.weights=none",
+            "train.head_epochs=3",
+            "train.finetune_epochs=0",
+            "train.verbose=0",
+            "train.lr_schedule=constant",
+            "train.early_stopping_patience=0",
+            *extra,
+        ],
+    )
 
 
 def test_phases_follow_weights():
-    cfg = load_config(None, ["model.weights=imagenet", "train.head_epochs=2",
-                             "train.finetune_epochs=5"])
+    cfg = load_config(
+        None, ["model.weights=imagenet", "train.head_epochs=2", "train.finetune_epochs=5"]
+    )
     phases = plan_phases(cfg)
     assert [(p.name, p.backbone_from, p.epochs) for p in phases] == [
-        ("head", None, 2), ("finetune", "conv4", 5)]
+        ("head", None, 2),
+        ("finetune", "conv4", 5),
+    ]
     assert phases[1].lr < phases[0].lr
     scratch = plan_phases(load_config(None, ["model.weights=none"]))
     assert [(p.name, p.backbone_from) for p in scratch] == [("full", "all")]
@@ -70,8 +83,15 @@ def test_augmenter_has_the_study_transforms_and_is_identity_at_inference():
 def test_train_writes_a_complete_run_folder(blob_data, tmp_path):
     out = tmp_path / "run"
     result = train(_cfg(blob_data), out, log=lambda m: None)
-    for name in ("model.keras", "config.yaml", "metrics.json", "run.json",
-                 "logs/history.csv", "checkpoints/last.keras", "checkpoints/state.json"):
+    for name in (
+        "model.keras",
+        "config.yaml",
+        "metrics.json",
+        "run.json",
+        "logs/history.csv",
+        "checkpoints/last.keras",
+        "checkpoints/state.json",
+    ):
         assert (out / name).is_file(), name
     from wsi_saliency.training import _tensorboard_available
 
@@ -121,8 +141,11 @@ def test_resume_after_interruption_continues_from_the_last_epoch(blob_data, tmp_
 
 @pytest.mark.slow
 def test_training_learns_the_blob_task(blob_data, tmp_path):
-    result = train(_cfg(blob_data, "train.head_epochs=6", "train.lr_schedule=cosine"),
-                   tmp_path / "run", log=lambda m: None)
+    result = train(
+        _cfg(blob_data, "train.head_epochs=6", "train.lr_schedule=cosine"),
+        tmp_path / "run",
+        log=lambda m: None,
+    )
     assert result.metrics["auc"] >= 0.95
 
 
@@ -143,7 +166,8 @@ def test_precise_batchnorm_uses_raw_train_statistics(blob_data):
     conv = keras.Model(model.inputs, model.get_layer("tiny_stage1_conv1").output)
     features = np.asarray(conv(x.astype("float32")))
     # The moving mean is now the mean of the conv output over the raw batches (not 0).
-    np.testing.assert_allclose(np.asarray(first.moving_mean), features.mean(axis=(0, 1, 2)),
-                               rtol=0.15, atol=0.02)
+    np.testing.assert_allclose(
+        np.asarray(first.moving_mean), features.mean(axis=(0, 1, 2)), rtol=0.15, atol=0.02
+    )
     first.trainable = False
     assert recalibrate_batchnorm(model, open_pcam(blob_data, "train"), 32, 1) == 7

@@ -227,9 +227,7 @@ def _build_section(name: str, values: dict[str, Any]) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise InputError(
-            f"unknown option {name}.{unknown[0]} (known: {', '.join(sorted(known))})"
-        )
+        raise InputError(f"unknown option {name}.{unknown[0]} (known: {', '.join(sorted(known))})")
     kwargs = {k: _coerce(v, hints[k], f"{name}.{k}") for k, v in values.items()}
     return cls(**kwargs)
 

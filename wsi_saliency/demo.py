@@ -51,12 +51,15 @@ def heatmap_vs_annotations(heatmap: np.ndarray, l0_per_cell: float, annotations)
             score = float((shifted * t).sum())
             if score > best:
                 best, best_shift = score, (dr, dc)
-    return {"cell_auc": auc, "best_shift_cells": best_shift,
-            "tumour_cells": int(truth[scored].sum()), "scored_cells": int(scored.sum())}
+    return {
+        "cell_auc": auc,
+        "best_shift_cells": best_shift,
+        "tumour_cells": int(truth[scored].sum()),
+        "scored_cells": int(scored.sum()),
+    }
 
 
-def run_demo(out: str | Path, *, retrain: bool = False,
-             log: Callable[[str], None] = print) -> str:
+def run_demo(out: str | Path, *, retrain: bool = False, log: Callable[[str], None] = print) -> str:
     """Run the whole demo into ``out``; returns a short report."""
     from wsi_saliency.config import load_config
     from wsi_saliency.data.annotations import read_asap_xml
@@ -89,10 +92,15 @@ def run_demo(out: str | Path, *, retrain: bool = False,
     from wsi_saliency.outputs.h5 import read_scan_h5
 
     scan = read_scan_h5(scans / slide.stem / "scan.h5")
-    check = heatmap_vs_annotations(scan["heatmap_prob"], float(scan["heatmap_prob_downsample"]),
-                                   read_asap_xml(slide.with_suffix(".xml")))
+    check = heatmap_vs_annotations(
+        scan["heatmap_prob"],
+        float(scan["heatmap_prob_downsample"]),
+        read_asap_xml(slide.with_suffix(".xml")),
+    )
     write_json(out / "demo_report.json", {"model": str(model_path), "slide": str(slide), **check})
     folder = scans / slide.stem
-    return (f"sample slide: heatmap cell AUC against the planted lesions {check['cell_auc']:.3f}, "
-            f"best alignment shift {check['best_shift_cells']} cells; outputs in {folder} "
-            "(heatmap.png, gradcam.png, tissue.png, scan.h5, summary.json)")
+    return (
+        f"sample slide: heatmap cell AUC against the planted lesions {check['cell_auc']:.3f}, "
+        f"best alignment shift {check['best_shift_cells']} cells; outputs in {folder} "
+        "(heatmap.png, gradcam.png, tissue.png, scan.h5, summary.json)"
+    )

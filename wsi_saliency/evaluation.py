@@ -44,8 +44,15 @@ class EvalResult:
         return roc_curve(self.labels, self.probs)
 
 
-def evaluate_split(model, split, *, batch_size: int = 128, threshold: float = 0.5,
-                   tta: bool = False, progress: bool = False) -> EvalResult:
+def evaluate_split(
+    model,
+    split,
+    *,
+    batch_size: int = 128,
+    threshold: float = 0.5,
+    tta: bool = False,
+    progress: bool = False,
+) -> EvalResult:
     """Score every patch of an open PCam split (file order) and compute the metrics."""
     from tqdm import tqdm
 
@@ -53,16 +60,20 @@ def evaluate_split(model, split, *, batch_size: int = 128, threshold: float = 0.
     probs, labels = [], []
     bs = max(1, batch_size // 8) if tta else batch_size
     batches = split.iter_batches(bs, shuffle=False, seed=0)
-    for x, y in tqdm(batches, total=-(-split.n // bs), disable=not progress, unit="batch",
-                     desc="evaluate"):
+    for x, y in tqdm(
+        batches, total=-(-split.n // bs), disable=not progress, unit="batch", desc="evaluate"
+    ):
         probs.append(predict_patches(model, x, tta=tta))
         labels.append(np.asarray(y).reshape(-1))
     p = np.concatenate(probs) if probs else np.zeros(0, np.float32)
     y = np.concatenate(labels).astype(np.uint8) if labels else np.zeros(0, np.uint8)
     metrics = binary_metrics(y, p, threshold)
     wall = time.perf_counter() - t0
-    metrics.update(tta=bool(tta), wall_s=round(wall, 2),
-                   patches_per_s=round(len(p) / wall, 1) if wall else None)
+    metrics.update(
+        tta=bool(tta),
+        wall_s=round(wall, 2),
+        patches_per_s=round(len(p) / wall, 1) if wall else None,
+    )
     return EvalResult(metrics, y, p)
 
 
@@ -79,10 +90,20 @@ def write_roc_png(path: str | Path, result: EvalResult, title: str = "") -> Path
     fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
     ax.plot(fpr, tpr, lw=2, label=f"AUC = {m['auc']:.4f}")
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
-    ax.scatter([1 - m["specificity"]], [m["sensitivity"]], c="crimson", zorder=3,
-               label=f"threshold {m['threshold']:g}")
-    ax.set(xlabel="1 - specificity (false positive rate)", ylabel="sensitivity (true positive rate)",
-           xlim=(0, 1), ylim=(0, 1.01), title=title or f"ROC, {m['n']} patches")
+    ax.scatter(
+        [1 - m["specificity"]],
+        [m["sensitivity"]],
+        c="crimson",
+        zorder=3,
+        label=f"threshold {m['threshold']:g}",
+    )
+    ax.set(
+        xlabel="1 - specificity (false positive rate)",
+        ylabel="sensitivity (true positive rate)",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        title=title or f"ROC, {m['n']} patches",
+    )
     ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()

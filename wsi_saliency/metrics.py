@@ -35,7 +35,9 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(np.trapezoid(tpr, fpr))
 
 
-def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
+def binary_metrics(
+    labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5
+) -> dict[str, Any]:
     """AUC, accuracy, sensitivity, specificity and the confusion matrix at ``threshold``."""
     labels = np.asarray(labels).astype(bool).ravel()
     pred = np.asarray(scores).ravel() >= threshold

@@ -70,8 +70,9 @@ def prefetch(iterator: Iterator, size: int = 4) -> Iterator:
         stop.set()
 
 
-def epoch_batches(split, batch_size: int, *, shuffle: bool, seed: int, buffer_chunks: int,
-                  first_epoch: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def epoch_batches(
+    split, batch_size: int, *, shuffle: bool, seed: int, buffer_chunks: int, first_epoch: int = 0
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Endless batches, epoch after epoch: ``(x float32 [B,P,P,3] in [0,255], y float32 [B,1])``.
 
     Training batches are shuffled by chunk and within a buffer, reshuffled every epoch;
@@ -81,7 +82,11 @@ def epoch_batches(split, batch_size: int, *, shuffle: bool, seed: int, buffer_ch
     epoch = first_epoch
     while True:
         for x, y in split.iter_batches(
-            batch_size, shuffle=shuffle, seed=seed, epoch=epoch, buffer_chunks=buffer_chunks,
+            batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            epoch=epoch,
+            buffer_chunks=buffer_chunks,
             drop_remainder=shuffle,
         ):
             yield x.astype(np.float32), y.astype(np.float32).reshape(-1, 1)
@@ -103,21 +108,43 @@ def make_augmenter(cfg: AugmentConfig, seed: int):
         }[(cfg.flip_horizontal, cfg.flip_vertical)]
         steps.append(layers.RandomFlip(mode, seed=seed, name="aug_flip"))
     if cfg.rotation_deg:
-        steps.append(layers.RandomRotation(cfg.rotation_deg / 360.0, fill_mode=cfg.fill_mode,
-                                           seed=seed + 1, name="aug_rotation"))
+        steps.append(
+            layers.RandomRotation(
+                cfg.rotation_deg / 360.0,
+                fill_mode=cfg.fill_mode,
+                seed=seed + 1,
+                name="aug_rotation",
+            )
+        )
     if cfg.zoom:
-        steps.append(layers.RandomZoom((-cfg.zoom, cfg.zoom), fill_mode=cfg.fill_mode,
-                                       seed=seed + 2, name="aug_zoom"))
+        steps.append(
+            layers.RandomZoom(
+                (-cfg.zoom, cfg.zoom), fill_mode=cfg.fill_mode, seed=seed + 2, name="aug_zoom"
+            )
+        )
     if cfg.translate:
-        steps.append(layers.RandomTranslation(cfg.translate, cfg.translate,
-                                              fill_mode=cfg.fill_mode, seed=seed + 3,
-                                              name="aug_translation"))
+        steps.append(
+            layers.RandomTranslation(
+                cfg.translate,
+                cfg.translate,
+                fill_mode=cfg.fill_mode,
+                seed=seed + 3,
+                name="aug_translation",
+            )
+        )
     if cfg.color_jitter:
         s = cfg.color_jitter
-        steps.append(layers.RandomColorJitter(
-            value_range=(0, 255), brightness_factor=0.25 * s, contrast_factor=0.5 * s,
-            saturation_factor=(max(0.0, 0.5 - 0.4 * s), 0.5 + 0.4 * s), hue_factor=0.1 * s,
-            seed=seed + 4, name="aug_color"))
+        steps.append(
+            layers.RandomColorJitter(
+                value_range=(0, 255),
+                brightness_factor=0.25 * s,
+                contrast_factor=0.5 * s,
+                saturation_factor=(max(0.0, 0.5 - 0.4 * s), 0.5 + 0.4 * s),
+                hue_factor=0.1 * s,
+                seed=seed + 4,
+                name="aug_color",
+            )
+        )
     return keras.Sequential(steps, name="augment")
 
 
@@ -134,8 +161,11 @@ def recalibrate_batchnorm(model, split, batch_size: int, n_batches: int, *, seed
     """
     from keras import layers
 
-    bn = [layer for layer in model.layers
-          if isinstance(layer, layers.BatchNormalization) and layer.trainable]
+    bn = [
+        layer
+        for layer in model.layers
+        if isinstance(layer, layers.BatchNormalization) and layer.trainable
+    ]
     if not bn:
         return 0
     saved = [layer.momentum for layer in bn]
@@ -149,7 +179,7 @@ def recalibrate_batchnorm(model, split, batch_size: int, n_batches: int, *, seed
             model(np.asarray(x, np.float32), training=True)
         batches.close()
     finally:
-        for layer, momentum in zip(bn, saved):
+        for layer, momentum in zip(bn, saved, strict=False):
             layer.momentum = momentum
     return len(bn)
 
@@ -280,8 +310,10 @@ def train(
     t0 = time.perf_counter()
     state = _read_state(out) if resume else None
     if resume and state and state.get("finished"):
-        raise InputError(f"{out} holds a finished run: nothing to resume (pass --overwrite to "
-                         "train again, or another --out)")
+        raise InputError(
+            f"{out} holds a finished run: nothing to resume (pass --overwrite to "
+            "train again, or another --out)"
+        )
     device = device_info()
     policy = configure_precision(cfg.train.mixed_precision, device=device)
     keras.utils.set_random_seed(cfg.train.seed)
@@ -311,8 +343,11 @@ def train(
     wrapper = None
     if state and not state.get("finished"):
         start_epoch = int(state["epoch"])
-        best = {"auc": float(state["best_auc"]), "epoch": int(state["best_epoch"]),
-                "loss": float(state.get("best_loss") or np.inf)}
+        best = {
+            "auc": float(state["best_auc"]),
+            "epoch": int(state["best_epoch"]),
+            "loss": float(state.get("best_loss") or np.inf),
+        }
         wrapper = keras.saving.load_model(out / CHECKPOINT_DIR / "last.keras", safe_mode=True)
         log(f"resuming {out} after epoch {start_epoch} (best valid AUC {best['auc']:.4f})")
 
@@ -338,37 +373,60 @@ def train(
             # Frozen BatchNorm keeps pretrained statistics while fine-tuning; a network trained
             # from scratch has no statistics to keep, so its BatchNorm layers must learn them.
             n_train = set_trainable(
-                model, backbone_from=phase.backbone_from,
-                freeze_batchnorm=cfg.train.freeze_batchnorm and phase.name != "full")
+                model,
+                backbone_from=phase.backbone_from,
+                freeze_batchnorm=cfg.train.freeze_batchnorm and phase.name != "full",
+            )
             wrapper.compile(
                 optimizer=keras.optimizers.Adam(phase.lr),
                 loss=keras.losses.BinaryCrossentropy(),
-                metrics=[keras.metrics.BinaryAccuracy(name="accuracy"),
-                         keras.metrics.AUC(name="auc", num_thresholds=500)],
+                metrics=[
+                    keras.metrics.BinaryAccuracy(name="accuracy"),
+                    keras.metrics.AUC(name="auc", num_thresholds=500),
+                ],
                 jit_compile=jit_flag(cfg.train.jit_compile),
             )
-            log(f"phase {index + 1}/{len(phases)} '{phase.name}': {phase.epochs} epochs at "
-                f"lr {phase.lr:g}, {n_train} trainable backbone layers")
+            log(
+                f"phase {index + 1}/{len(phases)} '{phase.name}': {phase.epochs} epochs at "
+                f"lr {phase.lr:g}, {n_train} trainable backbone layers"
+            )
         first = max(start_epoch, epoch_base)
-        phase_callbacks = _callbacks(cfg, out, phase, phase_end, best, history, index, wrapper,
-                                     model, callbacks)
-        train_batches = prefetch(epoch_batches(
-            train_split, bs, shuffle=True, seed=cfg.train.seed,
-            buffer_chunks=cfg.data.shuffle_buffer_chunks, first_epoch=first))
-        valid_batches = prefetch(epoch_batches(
-            valid_split, bs, shuffle=False, seed=0, buffer_chunks=1))
+        phase_callbacks = _callbacks(
+            cfg, out, phase, phase_end, best, history, index, wrapper, model, callbacks
+        )
+        train_batches = prefetch(
+            epoch_batches(
+                train_split,
+                bs,
+                shuffle=True,
+                seed=cfg.train.seed,
+                buffer_chunks=cfg.data.shuffle_buffer_chunks,
+                first_epoch=first,
+            )
+        )
+        valid_batches = prefetch(
+            epoch_batches(valid_split, bs, shuffle=False, seed=0, buffer_chunks=1)
+        )
         fit = wrapper.fit(
-            train_batches, steps_per_epoch=steps, epochs=phase_end, initial_epoch=first,
-            validation_data=valid_batches, validation_steps=valid_steps,
-            callbacks=phase_callbacks, verbose=cfg.train.verbose, shuffle=False,
+            train_batches,
+            steps_per_epoch=steps,
+            epochs=phase_end,
+            initial_epoch=first,
+            validation_data=valid_batches,
+            validation_steps=valid_steps,
+            callbacks=phase_callbacks,
+            verbose=cfg.train.verbose,
+            shuffle=False,
         )
         train_batches.close()
         valid_batches.close()
         ran = len(fit.history.get("loss", []))
         stopped_early = first + ran < phase_end
         if stopped_early:
-            log(f"early stopping after epoch {first + ran}: valid AUC did not improve for "
-                f"{cfg.train.early_stopping_patience} epochs")
+            log(
+                f"early stopping after epoch {first + ran}: valid AUC did not improve for "
+                f"{cfg.train.early_stopping_patience} epochs"
+            )
         epoch_base = phase_end
 
     if best["epoch"] < 0:
@@ -378,39 +436,65 @@ def train(
 
     best_model, _ = load_model(out / "model.keras")
     if cfg.train.precise_bn_batches:
-        n_bn = recalibrate_batchnorm(best_model, train_split, bs, cfg.train.precise_bn_batches,
-                                     seed=cfg.train.seed)
+        n_bn = recalibrate_batchnorm(
+            best_model, train_split, bs, cfg.train.precise_bn_batches, seed=cfg.train.seed
+        )
         if n_bn:
-            log(f"re-estimated {n_bn} BatchNorm layers on {cfg.train.precise_bn_batches} "
-                "un-augmented train batches")
+            log(
+                f"re-estimated {n_bn} BatchNorm layers on {cfg.train.precise_bn_batches} "
+                "un-augmented train batches"
+            )
     metrics = evaluate_split(best_model, valid_split, batch_size=bs).metrics
     metrics["best_epoch"] = best["epoch"] + 1
     wall = time.perf_counter() - t0
-    save_model(best_model, _card(cfg, {**metrics, "split": cfg.data.valid_split}), out / "model.keras")
+    save_model(
+        best_model, _card(cfg, {**metrics, "split": cfg.data.valid_split}), out / "model.keras"
+    )
     _write_json_atomic(out / "metrics.json", {"split": cfg.data.valid_split, **metrics})
-    _write_json_atomic(out / "run.json", {
-        "data": str(cfg.data.path), "data_hdf5": str(data_dir),
-        "n_train": train_split.n, "n_valid": valid_split.n,
-        "phases": [p.__dict__ for p in phases], "epochs_run": len(history),
-        "steps_per_epoch": steps, "batch_size": bs, "seed": cfg.train.seed,
-        "dtype_policy": policy, "devices": device.describe(), "wall_s": round(wall, 1),
-        "resumed_from_epoch": start_epoch, "versions": _card(cfg, {}).versions,
-    })
+    _write_json_atomic(
+        out / "run.json",
+        {
+            "data": str(cfg.data.path),
+            "data_hdf5": str(data_dir),
+            "n_train": train_split.n,
+            "n_valid": valid_split.n,
+            "phases": [p.__dict__ for p in phases],
+            "epochs_run": len(history),
+            "steps_per_epoch": steps,
+            "batch_size": bs,
+            "seed": cfg.train.seed,
+            "dtype_policy": policy,
+            "devices": device.describe(),
+            "wall_s": round(wall, 1),
+            "resumed_from_epoch": start_epoch,
+            "versions": _card(cfg, {}).versions,
+        },
+    )
     state_path = out / CHECKPOINT_DIR / "state.json"
     state_now = _read_state(out) or {}
     _write_json_atomic(state_path, {**state_now, "finished": True})
     train_split.close()
     valid_split.close()
-    return TrainResult(out, out / "model.keras", best["epoch"] + 1, float(metrics["auc"]),
-                       metrics, history, wall, start_epoch)
+    return TrainResult(
+        out,
+        out / "model.keras",
+        best["epoch"] + 1,
+        float(metrics["auc"]),
+        metrics,
+        history,
+        wall,
+        start_epoch,
+    )
 
 
 def _read_history(path: Path) -> list[dict[str, float]]:
     import csv
 
     with path.open() as f:
-        return [{k: float(v) for k, v in row.items() if v not in ("", None)}
-                for row in csv.DictReader(f)]
+        return [
+            {k: float(v) for k, v in row.items() if v not in ("", None)}
+            for row in csv.DictReader(f)
+        ]
 
 
 def _tensorboard_available() -> bool:
@@ -420,8 +504,7 @@ def _tensorboard_available() -> bool:
     return all(importlib.util.find_spec(m) for m in ("tensorflow", "tensorboard"))
 
 
-def _callbacks(cfg, out, phase, phase_end, best, history, phase_index, wrapper, model,
-               extra=()):
+def _callbacks(cfg, out, phase, phase_end, best, history, phase_index, wrapper, model, extra=()):
     import keras
 
     class KeepBest(keras.callbacks.Callback):
@@ -439,23 +522,41 @@ def _callbacks(cfg, out, phase, phase_end, best, history, phase_index, wrapper, 
                 best.update(auc=auc, epoch=epoch, loss=loss)
                 from wsi_saliency.model.io import save_model
 
-                save_model(model, _card(cfg, {"val_auc_keras": auc, "epoch": epoch + 1}),
-                           out / "model.keras")
+                save_model(
+                    model,
+                    _card(cfg, {"val_auc_keras": auc, "epoch": epoch + 1}),
+                    out / "model.keras",
+                )
             _atomic_save_keras(wrapper, out / CHECKPOINT_DIR / "last.keras")
-            _write_json_atomic(out / CHECKPOINT_DIR / "state.json", {
-                "epoch": epoch + 1, "phase": phase.name, "phase_index": phase_index,
-                "best_auc": best["auc"], "best_epoch": best["epoch"],
-                "best_loss": best.get("loss"), "finished": False,
-            })
+            _write_json_atomic(
+                out / CHECKPOINT_DIR / "state.json",
+                {
+                    "epoch": epoch + 1,
+                    "phase": phase.name,
+                    "phase_index": phase_index,
+                    "best_auc": best["auc"],
+                    "best_epoch": best["epoch"],
+                    "best_loss": best.get("loss"),
+                    "finished": False,
+                },
+            )
 
     cbs: list = []
     if cfg.train.early_stopping_patience:
-        cbs.append(keras.callbacks.EarlyStopping(
-            monitor="val_auc", mode="max", patience=cfg.train.early_stopping_patience,
-            restore_best_weights=False))
+        cbs.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_auc",
+                mode="max",
+                patience=cfg.train.early_stopping_patience,
+                restore_best_weights=False,
+            )
+        )
     if cfg.train.lr_schedule == "plateau":
-        cbs.append(keras.callbacks.ReduceLROnPlateau(
-            monitor="val_auc", mode="max", factor=0.5, patience=1, min_lr=phase.lr / 100))
+        cbs.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_auc", mode="max", factor=0.5, patience=1, min_lr=phase.lr / 100
+            )
+        )
     elif cfg.train.lr_schedule == "cosine":
         start = phase_end - phase.epochs
 
@@ -467,6 +568,8 @@ def _callbacks(cfg, out, phase, phase_end, best, history, phase_index, wrapper, 
     # Loggers and the checkpoint run after the schedules so they see this epoch's learning rate.
     cbs.append(keras.callbacks.CSVLogger(str(out / "logs" / "history.csv"), append=True))
     if _tensorboard_available():
-        cbs.append(keras.callbacks.TensorBoard(str(out / "logs" / "tensorboard"), write_graph=False))
+        cbs.append(
+            keras.callbacks.TensorBoard(str(out / "logs" / "tensorboard"), write_graph=False)
+        )
     cbs.append(KeepBest())
     return cbs + list(extra)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -14,20 +14,50 @@ from wsi_saliency.errors import InputError
 def scan_command(
     slides: Annotated[list[str], typer.Argument(help="Slide files, folders or glob patterns.")],
     model: Annotated[Path, typer.Option("--model", "-m", help="model.keras written by train.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (one subfolder per slide).")] = Path("scans"),
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML with a 'scan' section.")] = None,
-    stride: Annotated[Optional[int], typer.Option(help="Grid stride in model pixels (default: patch size; 32 = PCam centre).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Patches per model batch.")] = None,
-    slide_mpp: Annotated[Optional[float], typer.Option(help="Level-0 microns per pixel, for slides that do not say.")] = None,
-    tissue_threshold: Annotated[Optional[float], typer.Option(help="Minimum tissue fraction of a scored patch.")] = None,
-    gradcam: Annotated[bool, typer.Option("--gradcam/--no-gradcam", help="Compute Grad-CAM maps.")] = True,
-    gradcam_layer: Annotated[Optional[str], typer.Option(help="Layer for Grad-CAM (default: from the model file).")] = None,
-    tta: Annotated[bool, typer.Option("--tta", help="8-fold dihedral test-time augmentation.")] = False,
-    workers: Annotated[Optional[int], typer.Option(help="Slide-reading threads.")] = None,
-    tissue_masks: Annotated[Optional[Path], typer.Option(help="Folder of your own tissue masks, <slide stem>.png|tif (whole slide, non-zero = tissue).")] = None,
-    roi: Annotated[Optional[Path], typer.Option(help="Folder of regions of interest, <slide stem>.xml (ASAP) or .png|tif.")] = None,
-    set_: Annotated[list[str], typer.Option("--set", help="Any scan option as scan.key=value.")] = [],  # noqa: B006
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Rescan slides whose outputs are complete.")] = False,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output folder (one subfolder per slide).")
+    ] = Path("scans"),
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="YAML with a 'scan' section.")
+    ] = None,
+    stride: Annotated[
+        int | None,
+        typer.Option(help="Grid stride in model pixels (default: patch size; 32 = PCam centre)."),
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Patches per model batch.")] = None,
+    slide_mpp: Annotated[
+        float | None, typer.Option(help="Level-0 microns per pixel, for slides that do not say.")
+    ] = None,
+    tissue_threshold: Annotated[
+        float | None, typer.Option(help="Minimum tissue fraction of a scored patch.")
+    ] = None,
+    gradcam: Annotated[
+        bool, typer.Option("--gradcam/--no-gradcam", help="Compute Grad-CAM maps.")
+    ] = True,
+    gradcam_layer: Annotated[
+        str | None, typer.Option(help="Layer for Grad-CAM (default: from the model file).")
+    ] = None,
+    tta: Annotated[
+        bool, typer.Option("--tta", help="8-fold dihedral test-time augmentation.")
+    ] = False,
+    workers: Annotated[int | None, typer.Option(help="Slide-reading threads.")] = None,
+    tissue_masks: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of your own tissue masks, <slide stem>.png|tif "
+            "(whole slide, non-zero = tissue)."
+        ),
+    ] = None,
+    roi: Annotated[
+        Path | None,
+        typer.Option(help="Folder of regions of interest, <slide stem>.xml (ASAP) or .png|tif."),
+    ] = None,
+    set_: Annotated[
+        list[str], typer.Option("--set", help="Any scan option as scan.key=value.")
+    ] = [],  # noqa: B006
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Rescan slides whose outputs are complete.")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Scan slides into metastasis heatmaps with Grad-CAM (OUT/<slide>/scan.h5, PNGs, summary)."""
@@ -37,10 +67,18 @@ def scan_command(
         from wsi_saliency.scan.cohort import expand_slides
         from wsi_saliency.scan.pipeline import check_stride
 
-        overrides: list = [("scan", k, v) for k, v in (
-            ("stride", stride), ("batch_size", batch_size), ("slide_mpp", slide_mpp),
-            ("min_tissue_fraction", tissue_threshold), ("gradcam_layer", gradcam_layer),
-            ("workers", workers)) if v is not None]
+        overrides: list = [
+            ("scan", k, v)
+            for k, v in (
+                ("stride", stride),
+                ("batch_size", batch_size),
+                ("slide_mpp", slide_mpp),
+                ("min_tissue_fraction", tissue_threshold),
+                ("gradcam_layer", gradcam_layer),
+                ("workers", workers),
+            )
+            if v is not None
+        ]
         if not gradcam:
             overrides.append(("scan", "gradcam", False))
         if tta:
@@ -52,28 +90,45 @@ def scan_command(
         paths = expand_slides(slides)
         for folder, what in ((tissue_masks, "--tissue-masks"), (roi, "--roi")):
             if folder is not None and not folder.is_dir():
-                raise InputError(f"{what} {folder} is not a folder: pass a folder of per-slide files")
+                raise InputError(
+                    f"{what} {folder} is not a folder: pass a folder of per-slide files"
+                )
         from wsi_saliency.outputs.atomic import ensure_writable_dir
 
         ensure_writable_dir(out)
         quiet_tensorflow()
         from wsi_saliency.scan.cohort import scan_cohort
 
-        rows = scan_cohort(paths, model, out, cfg, overwrite=overwrite, progress=not quiet,
-                           log=lambda m: typer.echo(m, err=True), debug=STATE.debug,
-                           tissue_masks=tissue_masks, rois=roi)
+        rows = scan_cohort(
+            paths,
+            model,
+            out,
+            cfg,
+            overwrite=overwrite,
+            progress=not quiet,
+            log=lambda m: typer.echo(m, err=True),
+            debug=STATE.debug,
+            tissue_masks=tissue_masks,
+            rois=roi,
+        )
         failed = [r for r in rows if r.status == "failed"]
         done = sum(r.status == "done" for r in rows)
         skipped = sum(r.status == "skipped" for r in rows)
-        typer.echo(f"{done} scanned, {skipped} skipped (complete), {len(failed)} failed -> "
-                   f"{out / 'cohort.csv'}")
+        typer.echo(
+            f"{done} scanned, {skipped} skipped (complete), {len(failed)} failed -> "
+            f"{out / 'cohort.csv'}"
+        )
         if failed:
             raise typer.Exit(1)
 
 
 def demo_command(
-    out: Annotated[Path, typer.Argument(help="Folder for the demo's model and scan.")] = Path("demo_out"),
-    retrain: Annotated[bool, typer.Option("--retrain", help="Train again even if OUT/model exists.")] = False,
+    out: Annotated[Path, typer.Argument(help="Folder for the demo's model and scan.")] = Path(
+        "demo_out"
+    ),
+    retrain: Annotated[
+        bool, typer.Option("--retrain", help="Train again even if OUT/model exists.")
+    ] = False,
 ) -> None:
     """Train the sample model (or reuse it), scan the sample slide, and report how well the
     heatmap finds the planted lesions."""

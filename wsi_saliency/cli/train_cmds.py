@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -13,19 +13,40 @@ from wsi_saliency.errors import InputError
 
 
 def train_command(
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config (configs/*.yaml).")] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")] = Path("runs/latest"),
-    data: Annotated[Optional[str], typer.Option(help="PCam HDF5 folder, image-folder root or Kaggle folder.")] = None,
-    backbone: Annotated[Optional[str], typer.Option(help="resnet50 | densenet169 | mobilenetv2 | tiny.")] = None,
-    weights: Annotated[Optional[str], typer.Option(help="imagenet | none | FILE (Keras weights for the backbone).")] = None,
-    head_epochs: Annotated[Optional[int], typer.Option(help="Epochs on the head with the backbone frozen.")] = None,
-    finetune_epochs: Annotated[Optional[int], typer.Option(help="Epochs of fine-tuning.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Patches per batch.")] = None,
-    steps_per_epoch: Annotated[Optional[int], typer.Option(help="Steps per epoch (default: one pass).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
-    set_: Annotated[list[str], typer.Option("--set", help="Any option as section.key=value, e.g. --set augment.zoom=0.1.")] = [],  # noqa: B006
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace what --out holds.")] = False,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="YAML config (configs/*.yaml).")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")] = Path(
+        "runs/latest"
+    ),
+    data: Annotated[
+        str | None, typer.Option(help="PCam HDF5 folder, image-folder root or Kaggle folder.")
+    ] = None,
+    backbone: Annotated[
+        str | None, typer.Option(help="resnet50 | densenet169 | mobilenetv2 | tiny.")
+    ] = None,
+    weights: Annotated[
+        str | None, typer.Option(help="imagenet | none | FILE (Keras weights for the backbone).")
+    ] = None,
+    head_epochs: Annotated[
+        int | None, typer.Option(help="Epochs on the head with the backbone frozen.")
+    ] = None,
+    finetune_epochs: Annotated[int | None, typer.Option(help="Epochs of fine-tuning.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Patches per batch.")] = None,
+    steps_per_epoch: Annotated[
+        int | None, typer.Option(help="Steps per epoch (default: one pass).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    set_: Annotated[
+        list[str],
+        typer.Option("--set", help="Any option as section.key=value, e.g. --set augment.zoom=0.1."),
+    ] = [],  # noqa: B006
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted run in --out.")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace what --out holds.")
+    ] = False,
 ) -> None:
     """Train the patch classifier (transfer learning, binary head) on PCam-format data."""
     with cli_errors():
@@ -33,9 +54,13 @@ def train_command(
 
         overrides: list = []
         for section, key, value in (
-            ("data", "path", data), ("model", "backbone", backbone), ("model", "weights", weights),
-            ("train", "head_epochs", head_epochs), ("train", "finetune_epochs", finetune_epochs),
-            ("data", "batch_size", batch_size), ("train", "steps_per_epoch", steps_per_epoch),
+            ("data", "path", data),
+            ("model", "backbone", backbone),
+            ("model", "weights", weights),
+            ("train", "head_epochs", head_epochs),
+            ("train", "finetune_epochs", finetune_epochs),
+            ("data", "batch_size", batch_size),
+            ("train", "steps_per_epoch", steps_per_epoch),
             ("train", "seed", seed),
         ):
             if value is not None:
@@ -67,12 +92,21 @@ def train_command(
 
 def evaluate_command(
     model: Annotated[Path, typer.Argument(help="model.keras written by train.")],
-    data: Annotated[str, typer.Argument(help="PCam HDF5 folder, image-folder root or Kaggle folder.")],
+    data: Annotated[
+        str, typer.Argument(help="PCam HDF5 folder, image-folder root or Kaggle folder.")
+    ],
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
     threshold: Annotated[float, typer.Option(help="Probability threshold for accuracy etc.")] = 0.5,
-    tta: Annotated[bool, typer.Option("--tta", help="8-fold dihedral test-time augmentation.")] = False,
+    tta: Annotated[
+        bool, typer.Option("--tta", help="8-fold dihedral test-time augmentation.")
+    ] = False,
     batch_size: Annotated[int, typer.Option(help="Patches per batch.")] = 128,
-    out: Annotated[Optional[Path], typer.Option(help="Folder for metrics.json and roc.png (default: beside the model, eval-SPLIT).")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for metrics.json and roc.png (default: beside the model, eval-SPLIT)."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
 ) -> None:
     """Evaluate a model on a PCam-format split: AUC, accuracy, sensitivity, specificity, ROC."""
@@ -95,12 +129,24 @@ def evaluate_command(
         folder = ensure_pcam(data)
         with open_pcam(folder, split) as pcam_split:
             keras_model, card = load_model(model)
-            result = evaluate_split(keras_model, pcam_split, batch_size=batch_size,
-                                    threshold=threshold, tta=tta, progress=not as_json)
+            result = evaluate_split(
+                keras_model,
+                pcam_split,
+                batch_size=batch_size,
+                threshold=threshold,
+                tta=tta,
+                progress=not as_json,
+            )
         out = out or Path(model).parent / f"eval-{split}"
         out.mkdir(parents=True, exist_ok=True)
-        metrics = {**result.metrics, "model": str(model), "data": str(data), "split": split,
-                   "backbone": card.backbone, "versions": software_versions()}
+        metrics = {
+            **result.metrics,
+            "model": str(model),
+            "data": str(data),
+            "split": split,
+            "backbone": card.backbone,
+            "versions": software_versions(),
+        }
         write_metrics_json(out / "metrics.json", metrics)
         write_roc_png(out / "roc.png", result, title=f"{Path(model).name} on {split}")
         if as_json:
@@ -108,8 +154,9 @@ def evaluate_command(
         else:
             cm = metrics["confusion_matrix"]
             typer.echo(
-                f"{split}: n={metrics['n']} AUC={metrics['auc']:.4f} accuracy={metrics['accuracy']:.4f} "
-                f"sensitivity={metrics['sensitivity']:.4f} specificity={metrics['specificity']:.4f} "
+                f"{split}: n={metrics['n']} AUC={metrics['auc']:.4f} "
+                f"accuracy={metrics['accuracy']:.4f} sensitivity={metrics['sensitivity']:.4f} "
+                f"specificity={metrics['specificity']:.4f} "
                 f"(tp {cm['tp']}, fp {cm['fp']}, tn {cm['tn']}, fn {cm['fn']}) -> {out}"
             )
 

@@ -44,8 +44,13 @@ TUMOUR_GROUPS: tuple[str, ...] = ("_0", "_1", "Tumor")
 EXCLUSION_GROUPS: tuple[str, ...] = ("_2", "Exclusion")
 """Camelyon16/ASAP groups that mark non-tumour regions inside tumour (subtracted)."""
 
-_GROUP_COLOURS = {"_0": "#F4FA58", "_1": "#F4FA58", "Tumor": "#F4FA58", "_2": "#64FE2E",
-                  "Exclusion": "#64FE2E"}
+_GROUP_COLOURS = {
+    "_0": "#F4FA58",
+    "_1": "#F4FA58",
+    "Tumor": "#F4FA58",
+    "_2": "#64FE2E",
+    "Exclusion": "#64FE2E",
+}
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,7 +80,8 @@ class Annotation:
         if not isinstance(other, Annotation):
             return NotImplemented
         return (self.name, self.group, self.type) == (other.name, other.group, other.type) and (
-            np.array_equal(self.polygon, other.polygon))
+            np.array_equal(self.polygon, other.polygon)
+        )
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -99,8 +105,10 @@ class Annotation:
 
 def _parse_float(text: str | None, path: Path, what: str) -> float:
     if text is None:
-        raise DataError(f"{path}: annotation XML has a Coordinate without {what}; "
-                        "is this an ASAP/Camelyon16 annotation file?")
+        raise DataError(
+            f"{path}: annotation XML has a Coordinate without {what}; "
+            "is this an ASAP/Camelyon16 annotation file?"
+        )
     try:
         # A few Camelyon files were written with a decimal comma.
         return float(text.replace(",", "."))
@@ -130,8 +138,10 @@ def read_asap_xml(path: str | os.PathLike[str]) -> list[Annotation]:
     except ET.ParseError as exc:
         raise DataError(f"{path}: not a readable annotation XML ({exc})") from None
     if root.tag != "ASAP_Annotations":
-        raise DataError(f"{path}: root element is <{root.tag}>, expected <ASAP_Annotations> "
-                        "(ASAP / Camelyon16 annotation format)")
+        raise DataError(
+            f"{path}: root element is <{root.tag}>, expected <ASAP_Annotations> "
+            "(ASAP / Camelyon16 annotation format)"
+        )
     out: list[Annotation] = []
     for i, node in enumerate(root.iter("Annotation")):
         coords = []
@@ -141,15 +151,21 @@ def read_asap_xml(path: str | os.PathLike[str]) -> list[Annotation]:
                 order = int(order_text) if order_text is not None else j
             except ValueError:
                 raise DataError(
-                    f"{path}: Coordinate Order={order_text!r} is not an integer") from None
-            coords.append((order, _parse_float(c.get("X"), path, "X"),
-                           _parse_float(c.get("Y"), path, "Y")))
+                    f"{path}: Coordinate Order={order_text!r} is not an integer"
+                ) from None
+            coords.append(
+                (order, _parse_float(c.get("X"), path, "X"), _parse_float(c.get("Y"), path, "Y"))
+            )
         coords.sort(key=lambda t: t[0])
         poly = np.array([(x, y) for _, x, y in coords], dtype=np.float64).reshape(-1, 2)
-        out.append(Annotation(name=node.get("Name", f"Annotation {i}"),
-                              group=node.get("PartOfGroup", "None"),
-                              polygon=poly,
-                              type=node.get("Type", "Polygon")))
+        out.append(
+            Annotation(
+                name=node.get("Name", f"Annotation {i}"),
+                group=node.get("PartOfGroup", "None"),
+                polygon=poly,
+                type=node.get("Type", "Polygon"),
+            )
+        )
     return out
 
 
@@ -176,8 +192,14 @@ def write_asap_xml(path: str | os.PathLike[str], annotations: Iterable[Annotatio
     ann_el = ET.SubElement(root, "Annotations")
     groups: list[str] = []
     for a in annotations:
-        el = ET.SubElement(ann_el, "Annotation", Name=a.name, Type=a.type, PartOfGroup=a.group,
-                           Color=_GROUP_COLOURS.get(a.group, "#F4FA58"))
+        el = ET.SubElement(
+            ann_el,
+            "Annotation",
+            Name=a.name,
+            Type=a.type,
+            PartOfGroup=a.group,
+            Color=_GROUP_COLOURS.get(a.group, "#F4FA58"),
+        )
         coords_el = ET.SubElement(el, "Coordinates")
         for k, (x, y) in enumerate(a.polygon):
             ET.SubElement(coords_el, "Coordinate", Order=str(k), X=_fmt(x), Y=_fmt(y))
@@ -185,8 +207,9 @@ def write_asap_xml(path: str | os.PathLike[str], annotations: Iterable[Annotatio
             groups.append(a.group)
     groups_el = ET.SubElement(root, "AnnotationGroups")
     for g in groups:
-        g_el = ET.SubElement(groups_el, "Group", Name=g, PartOfGroup="None",
-                             Color=_GROUP_COLOURS.get(g, "#F4FA58"))
+        g_el = ET.SubElement(
+            groups_el, "Group", Name=g, PartOfGroup="None", Color=_GROUP_COLOURS.get(g, "#F4FA58")
+        )
         ET.SubElement(g_el, "Attributes")
     ET.indent(root, space="\t")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -199,8 +222,9 @@ def write_asap_xml(path: str | os.PathLike[str], annotations: Iterable[Annotatio
     return path
 
 
-def _scanline_spans(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _scanline_spans(
+    rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Even-odd scanline fill of one polygon given in (row, col) pixel-centre coordinates.
 
     Pixel (r, c) is set when the point (r, c) is inside or on the outline (crossing rule with
@@ -248,8 +272,13 @@ def _scanline_spans(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]
     return ys[keep], c_start[keep], c_stop[keep]
 
 
-def _fill(mask: np.ndarray, poly_xy: np.ndarray, downsample: float,
-          origin_xy: tuple[float, float], value: bool) -> None:
+def _fill(
+    mask: np.ndarray,
+    poly_xy: np.ndarray,
+    downsample: float,
+    origin_xy: tuple[float, float],
+    value: bool,
+) -> None:
     if len(poly_xy) < 3:
         return
     h, w = mask.shape
@@ -271,9 +300,13 @@ def _fill(mask: np.ndarray, poly_xy: np.ndarray, downsample: float,
     mask[inside] = value
 
 
-def rasterize(annotations: Sequence[Annotation] | Sequence[np.ndarray],
-              shape_rc: tuple[int, int], downsample: float = 1.0, *,
-              origin_xy: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+def rasterize(
+    annotations: Sequence[Annotation] | Sequence[np.ndarray],
+    shape_rc: tuple[int, int],
+    downsample: float = 1.0,
+    *,
+    origin_xy: tuple[float, float] = (0.0, 0.0),
+) -> np.ndarray:
     """Rasterise tumour outlines minus exclusions into a boolean mask.
 
     Args:

@@ -115,8 +115,7 @@ def _smoothstep(e0: float, e1: float, x: np.ndarray) -> np.ndarray:
     return t * t * (3.0 - 2.0 * t)
 
 
-def _noise_grid(seed: int, stream: int, u: np.ndarray, v: np.ndarray,
-                spacing: float) -> np.ndarray:
+def _noise_grid(seed: int, stream: int, u: np.ndarray, v: np.ndarray, spacing: float) -> np.ndarray:
     """Value noise in [0, 1] on the grid ``u`` (x microns, [W]) by ``v`` (y microns, [H]).
 
     Lattice values are hashed from integer lattice coordinates, so any window of the world
@@ -136,8 +135,9 @@ def _noise_grid(seed: int, stream: int, u: np.ndarray, v: np.ndarray,
     return a[j0 - ja, :] * (1.0 - wv)[:, None] + a[j0 - ja + 1, :] * wv[:, None]
 
 
-def _noise_points(seed: int, stream: int, u: np.ndarray, v: np.ndarray,
-                  spacing: float) -> np.ndarray:
+def _noise_points(
+    seed: int, stream: int, u: np.ndarray, v: np.ndarray, spacing: float
+) -> np.ndarray:
     """Value noise in [0, 1] at points (u, v) in microns; equals :func:`_noise_grid` there."""
     gu = np.asarray(u, dtype=np.float64) / spacing
     gv = np.asarray(v, dtype=np.float64) / spacing
@@ -156,8 +156,18 @@ def _noise_points(seed: int, stream: int, u: np.ndarray, v: np.ndarray,
 
 # Field stream ids (any distinct integers).
 # (_S_UNUSED keeps the numbering, and so the generated sample data, stable.)
-(_S_REGION1, _S_REGION2, _S_ORIENT, _S_WARP1, _S_WARP2, _S_GAPS, _S_CLUSTER, _S_UNUSED, _S_WARP3,
- _S_FIBAMP) = range(10)
+(
+    _S_REGION1,
+    _S_REGION2,
+    _S_ORIENT,
+    _S_WARP1,
+    _S_WARP2,
+    _S_GAPS,
+    _S_CLUSTER,
+    _S_UNUSED,
+    _S_WARP3,
+    _S_FIBAMP,
+) = range(10)
 _S_ANGLES = 20
 _S_NUC = 100  # + 10 * kind + parameter
 
@@ -188,6 +198,7 @@ def _fibre_angles(seed: int) -> tuple[float, float]:
 # --------------------------------------------------------------------------------------------
 # Nuclei: stamp libraries (rendered at the target mpp) placed on jittered world lattices
 # --------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class _NucleusKind:
@@ -258,13 +269,20 @@ def _stamps(kind_id: int, mpp: float, seed: int) -> np.ndarray:
             amps = (rng.uniform(0.0, 0.10), rng.uniform(0.0, 0.04), rng.uniform(0.0, 0.03), 0.0)
         else:
             r0 = rng.uniform(6.0, 9.0)
-            amps = (rng.uniform(0.08, 0.30), rng.uniform(0.04, 0.14), rng.uniform(0.02, 0.09),
-                    rng.uniform(0.0, 0.05))
+            amps = (
+                rng.uniform(0.08, 0.30),
+                rng.uniform(0.04, 0.14),
+                rng.uniform(0.02, 0.09),
+                rng.uniform(0.0, 0.05),
+            )
         ph = rng.uniform(0, 2 * math.pi, 4)
-        shape = (1.0 + amps[0] * (c2 * math.cos(2 * ph[0]) + s2 * math.sin(2 * ph[0]))
-                 + amps[1] * (c3 * math.cos(3 * ph[1]) + s3 * math.sin(3 * ph[1]))
-                 + amps[2] * (c4 * math.cos(4 * ph[2]) + s4 * math.sin(4 * ph[2]))
-                 + amps[3] * (c5 * math.cos(5 * ph[3]) + s5 * math.sin(5 * ph[3])))
+        shape = (
+            1.0
+            + amps[0] * (c2 * math.cos(2 * ph[0]) + s2 * math.sin(2 * ph[0]))
+            + amps[1] * (c3 * math.cos(3 * ph[1]) + s3 * math.sin(3 * ph[1]))
+            + amps[2] * (c4 * math.cos(4 * ph[2]) + s4 * math.sin(4 * ph[2]))
+            + amps[3] * (c5 * math.cos(5 * ph[3]) + s5 * math.sin(5 * ph[3]))
+        )
         rad = r0 * shape
         inside = np.clip((rad - r) / ew + 0.5, 0.0, 1.0)
         rho = r / rad
@@ -289,8 +307,9 @@ def _stamps(kind_id: int, mpp: float, seed: int) -> np.ndarray:
     return out
 
 
-def _place(kind: _NucleusKind, seed: int, u0: float, u1: float, v0: float, v1: float
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _place(
+    kind: _NucleusKind, seed: int, u0: float, u1: float, v0: float, v1: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Jittered lattice of candidate nuclei covering [u0, u1) x [v0, v1) microns (+ margin).
 
     Returns (u, v, accept_uniform, variant_uniform), all [N] float64.
@@ -305,8 +324,14 @@ def _place(kind: _NucleusKind, seed: int, u0: float, u1: float, v0: float, v1: f
     return u, v, _uniform(seed, base + 2, i, j), _uniform(seed, base + 3, i, j)
 
 
-def _splat_max(target: np.ndarray, rows: np.ndarray, cols: np.ndarray, variant: np.ndarray,
-               stamps: np.ndarray, chunk_elems: int = 3_000_000) -> None:
+def _splat_max(
+    target: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    variant: np.ndarray,
+    stamps: np.ndarray,
+    chunk_elems: int = 3_000_000,
+) -> None:
     """target[r, c] = max(target, stamp) for every nucleus, in place.
 
     Args:
@@ -327,9 +352,9 @@ def _splat_max(target: np.ndarray, rows: np.ndarray, cols: np.ndarray, variant: 
     flat = target.reshape(-1)
     step = max(1, chunk_elems // max(1, len(nzo)))
     for s in range(0, len(rows), step):
-        r = rows[s:s + step, None] + oy[None, :]
-        c = cols[s:s + step, None] + ox[None, :]
-        val = st[variant[s:s + step]]
+        r = rows[s : s + step, None] + oy[None, :]
+        c = cols[s : s + step, None] + ox[None, :]
+        val = st[variant[s : s + step]]
         ok = (val > 0) & (r >= 0) & (r < h) & (c >= 0) & (c < w)
         np.maximum.at(flat, r[ok] * w + c[ok], val[ok])
 
@@ -341,8 +366,9 @@ def _mask_at(mask: np.ndarray | None, rows: np.ndarray, cols: np.ndarray) -> np.
     return mask[np.clip(rows, 0, h - 1), np.clip(cols, 0, w - 1)]
 
 
-def _background_od(seed: int, mpp: float, u: np.ndarray, v: np.ndarray,
-                   tumour_mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def _background_od(
+    seed: int, mpp: float, u: np.ndarray, v: np.ndarray, tumour_mask: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
     """Haematoxylin and eosin optical density of everything but nuclei, float32 ``[H, W]`` each.
 
     ``u`` are the x microns of the columns ``[W]``, ``v`` the y microns of the rows ``[H]``;
@@ -394,15 +420,22 @@ def _background_od(seed: int, mpp: float, u: np.ndarray, v: np.ndarray,
     return h_bg, e_bg
 
 
-
 # --------------------------------------------------------------------------------------------
 # Public renderer
 # --------------------------------------------------------------------------------------------
 
-def render_tissue(shape_rc: tuple[int, int], mpp: float, tumour_mask: np.ndarray | None,
-                  rng: np.random.Generator, *, origin_xy: tuple[int, int] = (0, 0),
-                  texture_seed: int | None = None, tissue_mask: np.ndarray | None = None,
-                  grain: float = 0.0) -> np.ndarray:
+
+def render_tissue(
+    shape_rc: tuple[int, int],
+    mpp: float,
+    tumour_mask: np.ndarray | None,
+    rng: np.random.Generator,
+    *,
+    origin_xy: tuple[int, int] = (0, 0),
+    texture_seed: int | None = None,
+    tissue_mask: np.ndarray | None = None,
+    grain: float = 0.0,
+) -> np.ndarray:
     """Render H&E-like lymph-node tissue (with metastatic tumour where asked) at ``mpp``.
 
     Args:
@@ -520,9 +553,15 @@ def render_tissue(shape_rc: tuple[int, int], mpp: float, tumour_mask: np.ndarray
 # Lesion shapes and the patch set
 # --------------------------------------------------------------------------------------------
 
-def random_blob_polygon(rng: np.random.Generator, centre_xy: tuple[float, float],
-                        radius: float, *, irregularity: float = 0.35,
-                        n_vertices: int = 64) -> np.ndarray:
+
+def random_blob_polygon(
+    rng: np.random.Generator,
+    centre_xy: tuple[float, float],
+    radius: float,
+    *,
+    irregularity: float = 0.35,
+    n_vertices: int = 64,
+) -> np.ndarray:
     """An irregular closed blob outline (star-shaped, smooth radial harmonics).
 
     Args:
@@ -561,8 +600,9 @@ def _field_masks(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nd
         else:
             radius = rng.uniform(90.0, 280.0)
         c = rng.uniform(0.1 * size, 0.9 * size, 2)
-        polys.append(random_blob_polygon(rng, (c[0], c[1]), radius,
-                                         irregularity=rng.uniform(0.2, 0.6)))
+        polys.append(
+            random_blob_polygon(rng, (c[0], c[1]), radius, irregularity=rng.uniform(0.2, 0.6))
+        )
     tumour = rasterize(polys, (size, size), 1.0)
     tissue = None
     if rng.random() < 0.12:
@@ -619,14 +659,22 @@ def make_patch_dataset(
     while got_pos < n_pos or got_neg < n_neg:
         frng = np.random.default_rng([rng_seed % 2**63, len(xs) + 1, int(rng.integers(2**31))])
         tumour, tissue = _field_masks(frng, size)
-        img = render_tissue((size, size), PCAM_MPP, tumour, frng,
-                            origin_xy=(int(frng.integers(0, 10**6)), int(frng.integers(0, 10**6))),
-                            tissue_mask=tissue)
+        img = render_tissue(
+            (size, size),
+            PCAM_MPP,
+            tumour,
+            frng,
+            origin_xy=(int(frng.integers(0, 10**6)), int(frng.integers(0, 10**6))),
+            tissue_mask=tissue,
+        )
         centre = _window_sums(tumour, cs)  # top-left of centre window
         patch = _window_sums(tumour, ps)
-        tis = (_window_sums(tissue, ps) if tissue is not None
-               else np.full(patch.shape, ps * ps, dtype=np.int32))
-        cen = centre[lo:lo + patch.shape[0], lo:lo + patch.shape[1]]  # index by patch top-left
+        tis = (
+            _window_sums(tissue, ps)
+            if tissue is not None
+            else np.full(patch.shape, ps * ps, dtype=np.int32)
+        )
+        cen = centre[lo : lo + patch.shape[0], lo : lo + patch.shape[1]]  # index by patch top-left
         pos_main = np.argwhere(cen >= 0.15 * cs * cs)
         pos_small = np.argwhere((cen > 0) & (cen < 0.15 * cs * cs))
         neg_hard = np.argwhere((cen == 0) & (patch > 0))
@@ -635,13 +683,14 @@ def make_patch_dataset(
 
         # Shuffled candidate lists, taken without repeats.
         pos_small, pos_main, neg_hard, neg_clean, neg_glass = (
-            c[frng.permutation(len(c))] for c in (pos_small, pos_main, neg_hard, neg_clean,
-                                                  neg_glass))
+            c[frng.permutation(len(c))]
+            for c in (pos_small, pos_main, neg_hard, neg_clean, neg_glass)
+        )
         want_pos = min(per_field, n_pos - got_pos)
         k_small = min(len(pos_small), round(want_pos * 0.25))
         k_main = min(len(pos_main), want_pos - k_small)
         k_more = min(len(pos_small) - k_small, want_pos - k_small - k_main)  # small blobs only
-        picks_pos = [*pos_small[:k_small + k_more], *pos_main[:k_main]]
+        picks_pos = [*pos_small[: k_small + k_more], *pos_main[:k_main]]
         want_neg = min(per_field, n_neg - got_neg)
         k_hard = min(len(neg_hard), round(want_neg * 0.35))
         k_glass = min(len(neg_glass), 1 if frng.random() < 0.3 else 0, want_neg - k_hard)
@@ -649,8 +698,8 @@ def make_patch_dataset(
         picks_neg = [*neg_hard[:k_hard], *neg_glass[:k_glass], *neg_clean[:k_clean]]
         for label, picks in ((1, picks_pos), (0, picks_neg)):
             for r, c in picks:
-                xs.append(img[r:r + ps, c:c + ps])
-                ms.append(tumour[r:r + ps, c:c + ps])
+                xs.append(img[r : r + ps, c : c + ps])
+                ms.append(tumour[r : r + ps, c : c + ps])
                 ys.append(label)
         got_pos += len(picks_pos)
         got_neg += len(picks_neg)
@@ -658,14 +707,20 @@ def make_patch_dataset(
     x = np.stack(xs)[order] if xs else np.zeros((0, ps, ps, 3), np.uint8)
     y = np.asarray(ys, dtype=np.uint8)[order]
     m = np.stack(ms)[order] if ms else np.zeros((0, ps, ps), bool)
-    assert np.array_equal(y.astype(bool), m[:, lo:lo + cs, lo:lo + cs].any(axis=(1, 2)))
+    assert np.array_equal(y.astype(bool), m[:, lo : lo + cs, lo : lo + cs].any(axis=(1, 2)))
     if return_masks:
         return x, y, m
     return x, y
 
 
-def write_sample_dataset(folder: str | os.PathLike[str], *, n_train: int = 800,
-                         n_valid: int = 128, n_test: int = 128, seed: int = 0) -> list[Path]:
+def write_sample_dataset(
+    folder: str | os.PathLike[str],
+    *,
+    n_train: int = 800,
+    n_valid: int = 128,
+    n_test: int = 128,
+    seed: int = 0,
+) -> list[Path]:
     """Write train/valid/test splits of :func:`make_patch_dataset` in the PCam HDF5 layout.
 
     Files: ``camelyonpatch_level_2_split_{train,valid,test}_{x,y}.h5`` in ``folder`` (created),
@@ -692,10 +747,12 @@ def write_sample_dataset(folder: str | os.PathLike[str], *, n_train: int = 800,
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m wsi_saliency.data.synthetic FOLDER``: regenerate the sample data."""
-    ap = argparse.ArgumentParser(prog="python -m wsi_saliency.data.synthetic",
-                                 description="Write the synthetic sample data: PCam-layout patch "
-                                             "splits in FOLDER/pcam and the demo slide in "
-                                             "FOLDER/slide.")
+    ap = argparse.ArgumentParser(
+        prog="python -m wsi_saliency.data.synthetic",
+        description="Write the synthetic sample data: PCam-layout patch "
+        "splits in FOLDER/pcam and the demo slide in "
+        "FOLDER/slide.",
+    )
     ap.add_argument("folder", type=Path, help="output folder, e.g. sample_data")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-train", type=int, default=800)
@@ -706,17 +763,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not args.no_patches:
         t0 = time.perf_counter()
-        paths = write_sample_dataset(args.folder / "pcam", n_train=args.n_train,
-                                     n_valid=args.n_valid, n_test=args.n_test, seed=args.seed)
-        print(f"patches: {len(paths)} files in {args.folder / 'pcam'} "
-              f"({time.perf_counter() - t0:.1f} s)")
+        paths = write_sample_dataset(
+            args.folder / "pcam",
+            n_train=args.n_train,
+            n_valid=args.n_valid,
+            n_test=args.n_test,
+            seed=args.seed,
+        )
+        print(
+            f"patches: {len(paths)} files in {args.folder / 'pcam'} "
+            f"({time.perf_counter() - t0:.1f} s)"
+        )
     if not args.no_slide:
         from wsi_saliency.data.synthetic_slide import make_sample_slide
 
         t0 = time.perf_counter()
         info = make_sample_slide(args.folder / "slide", seed=args.seed)
-        print(f"slide: {info.path} {info.l0_size_xy[0]}x{info.l0_size_xy[1]} px at "
-              f"{info.mpp} mpp, {len(info.lesions)} lesions ({time.perf_counter() - t0:.1f} s)")
+        print(
+            f"slide: {info.path} {info.l0_size_xy[0]}x{info.l0_size_xy[1]} px at "
+            f"{info.mpp} mpp, {len(info.lesions)} lesions ({time.perf_counter() - t0:.1f} s)"
+        )
     return 0
 
 

@@ -96,8 +96,10 @@ class SyntheticSlideInfo:
 
     def lesion_annotations(self) -> list[Annotation]:
         """The lesions as :class:`Annotation` objects (group ``_0``), as written to the XML."""
-        return [Annotation(name=f"Annotation {i}", group="_0", polygon=p)
-                for i, p in enumerate(self.lesions)]
+        return [
+            Annotation(name=f"Annotation {i}", group="_0", polygon=p)
+            for i, p in enumerate(self.lesions)
+        ]
 
     def _shape_at(self, downsample: float) -> tuple[int, int]:
         w, h = self.l0_size_xy
@@ -116,16 +118,23 @@ class SyntheticSlideInfo:
         """bool ``[ceil(H/d), ceil(W/d)]``: True on rendered tumour (lesion and tissue)."""
         shape = self._shape_at(downsample)
         return rasterize(list(self.lesions), shape, downsample) & rasterize(
-            list(self.tissue), shape, downsample)
+            list(self.tissue), shape, downsample
+        )
 
 
 # --------------------------------------------------------------------------------------------
 # Layout: tissue blobs, lesion placement, Camelyon16 polygons
 # --------------------------------------------------------------------------------------------
 
-def make_tissue_polygons(slide_size_xy: tuple[int, int], rng: np.random.Generator, *,
-                         tissue_fraction: float = 0.5, n_blobs: int | None = None,
-                         margin_fraction: float = 0.04) -> list[np.ndarray]:
+
+def make_tissue_polygons(
+    slide_size_xy: tuple[int, int],
+    rng: np.random.Generator,
+    *,
+    tissue_fraction: float = 0.5,
+    n_blobs: int | None = None,
+    margin_fraction: float = 0.04,
+) -> list[np.ndarray]:
     """A few irregular tissue blobs covering about ``tissue_fraction`` of the slide.
 
     Args:
@@ -156,8 +165,12 @@ def make_tissue_polygons(slide_size_xy: tuple[int, int], rng: np.random.Generato
             if d > best_d:
                 best, best_d = c, d
         centres.append(best)
-    shapes = [random_blob_polygon(rng, (0.0, 0.0), 1.0, irregularity=rng.uniform(0.3, 0.5),
-                                  n_vertices=128) for _ in range(n)]
+    shapes = [
+        random_blob_polygon(
+            rng, (0.0, 0.0), 1.0, irregularity=rng.uniform(0.3, 0.5), n_vertices=128
+        )
+        for _ in range(n)
+    ]
     ds = max(1.0, max(w, h) / 512.0)
     scale = math.sqrt(tissue_fraction * w * h / math.pi / float((weights**2).sum()))
 
@@ -190,10 +203,18 @@ def _polygon_area(p: np.ndarray) -> float:
     return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
 
 
-def place_lesions(polygons: Sequence[np.ndarray | Annotation], src_mpp: float, dst_mpp: float,
-                  slide_size_xy: tuple[int, int], rng: np.random.Generator, *,
-                  tissue: Sequence[np.ndarray] | None = None, rotate: bool = True,
-                  margin_um: float = 50.0, max_tries: int = 400) -> list[np.ndarray]:
+def place_lesions(
+    polygons: Sequence[np.ndarray | Annotation],
+    src_mpp: float,
+    dst_mpp: float,
+    slide_size_xy: tuple[int, int],
+    rng: np.random.Generator,
+    *,
+    tissue: Sequence[np.ndarray] | None = None,
+    rotate: bool = True,
+    margin_um: float = 50.0,
+    max_tries: int = 400,
+) -> list[np.ndarray]:
     """Rescale lesion outlines physically and place them, without overlap, inside the tissue.
 
     Each outline is scaled by ``src_mpp / dst_mpp`` (same size in microns), optionally rotated
@@ -230,7 +251,7 @@ def place_lesions(polygons: Sequence[np.ndarray | Annotation], src_mpp: float, d
     else:
         inside = np.zeros(shape, dtype=bool)
         m = int(math.ceil(margin_um / dst_mpp / ds))
-        inside[m:shape[0] - m, m:shape[1] - m] = True
+        inside[m : shape[0] - m, m : shape[1] - m] = True
     margin_px = margin_um / dst_mpp
     taken: list[tuple[float, float, float, float]] = []
     out: list[np.ndarray] = []
@@ -258,10 +279,13 @@ def place_lesions(polygons: Sequence[np.ndarray | Annotation], src_mpp: float, d
             x = (pick % shape[1] + rng.random()) * ds
             y = (pick // shape[1] + rng.random()) * ds
             cand = p + (x, y)
-            bb = (x + lo[0] - margin_px, y + lo[1] - margin_px,
-                  x + hi[0] + margin_px, y + hi[1] + margin_px)
-            if any(bb[0] < t[2] and t[0] < bb[2] and bb[1] < t[3] and t[1] < bb[3]
-                   for t in taken):
+            bb = (
+                x + lo[0] - margin_px,
+                y + lo[1] - margin_px,
+                x + hi[0] + margin_px,
+                y + hi[1] + margin_px,
+            )
+            if any(bb[0] < t[2] and t[0] < bb[2] and bb[1] < t[3] and t[1] < bb[3] for t in taken):
                 continue
             # Whole outline inside the tissue: rasterise it over its bounding box only.
             c0, r0 = int(bb[0] / ds), int(bb[1] / ds)
@@ -273,14 +297,18 @@ def place_lesions(polygons: Sequence[np.ndarray | Annotation], src_mpp: float, d
             own = rasterize([cand], (r1 - r0, c1 - c0), ds, origin_xy=(c0 * ds, r0 * ds))
             if not own.any() or (own & ~inside[r0:r1, c0:c1]).any():
                 continue
-            placed, bbox = cand, (bb[0] + margin_px, bb[1] + margin_px,
-                                  bb[2] - margin_px, bb[3] - margin_px)
+            placed, bbox = (
+                cand,
+                (bb[0] + margin_px, bb[1] + margin_px, bb[2] - margin_px, bb[3] - margin_px),
+            )
             break
         if placed is None:
             size = (hi - lo) * dst_mpp
-            raise DataError(f"{name} ({size[0]:.0f} x {size[1]:.0f} um) does not fit inside the "
-                            f"tissue of a {w} x {h} px slide at {dst_mpp} mpp without overlapping "
-                            "other lesions; use a bigger slide, more tissue or fewer lesions")
+            raise DataError(
+                f"{name} ({size[0]:.0f} x {size[1]:.0f} um) does not fit inside the "
+                f"tissue of a {w} x {h} px slide at {dst_mpp} mpp without overlapping "
+                "other lesions; use a bigger slide, more tissue or fewer lesions"
+            )
         taken.append(bbox)
         out.append(placed)
     return out
@@ -308,8 +336,10 @@ def load_camelyon16_polygons(json_path: str | os.PathLike[str]) -> list[Annotati
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: not readable JSON ({exc})") from None
     if not isinstance(data, dict) or not ({"positive", "negative"} & data.keys()):
-        raise DataError(f"{path}: expected an object with 'positive' / 'negative' lists "
-                        "(NCRF Camelyon16 polygon JSON)")
+        raise DataError(
+            f"{path}: expected an object with 'positive' / 'negative' lists "
+            "(NCRF Camelyon16 polygon JSON)"
+        )
     out: list[Annotation] = []
     for key, group in (("positive", "_0"), ("negative", "_2")):
         for i, item in enumerate(data.get(key, [])):
@@ -319,8 +349,9 @@ def load_camelyon16_polygons(json_path: str | os.PathLike[str]) -> list[Annotati
             except (KeyError, TypeError, ValueError) as exc:
                 raise DataError(f"{path}: {key}[{i}] has no valid 'vertices' ({exc})") from None
             if verts.ndim != 2 or verts.shape[1] != 2:
-                raise DataError(f"{path}: {key}[{i}] vertices must be [[x, y], ...], "
-                                f"got shape {verts.shape}")
+                raise DataError(
+                    f"{path}: {key}[{i}] vertices must be [[x, y], ...], got shape {verts.shape}"
+                )
             out.append(Annotation(name=name, group=group, polygon=verts))
     return out
 
@@ -329,8 +360,10 @@ def load_camelyon16_polygons(json_path: str | os.PathLike[str]) -> list[Annotati
 # Rendering and writing
 # --------------------------------------------------------------------------------------------
 
-def _near(polys: Sequence[np.ndarray], x0: float, y0: float, x1: float, y1: float
-          ) -> list[np.ndarray]:
+
+def _near(
+    polys: Sequence[np.ndarray], x0: float, y0: float, x1: float, y1: float
+) -> list[np.ndarray]:
     out = []
     for p in polys:
         lo, hi = p.min(axis=0), p.max(axis=0)
@@ -339,8 +372,9 @@ def _near(polys: Sequence[np.ndarray], x0: float, y0: float, x1: float, y1: floa
     return out
 
 
-def render_slide_tile(info: SyntheticSlideInfo, origin_xy: tuple[int, int],
-                      shape_rc: tuple[int, int], tile_index: int) -> np.ndarray:
+def render_slide_tile(
+    info: SyntheticSlideInfo, origin_xy: tuple[int, int], shape_rc: tuple[int, int], tile_index: int
+) -> np.ndarray:
     """Render one level-0 window of a synthetic slide exactly as it was written (before JPEG).
 
     Args:
@@ -365,8 +399,15 @@ def render_slide_tile(info: SyntheticSlideInfo, origin_xy: tuple[int, int],
     if lesion_polys and tissue.any():
         tumour = rasterize(lesion_polys, (h, w), 1.0, origin_xy=(x0, y0)) & tissue
     rng = np.random.default_rng([info.seed, tile_index])
-    img = render_tissue((h, w), info.mpp, tumour, rng, origin_xy=(x0, y0),
-                        texture_seed=info.texture_seed, tissue_mask=tissue)
+    img = render_tissue(
+        (h, w),
+        info.mpp,
+        tumour,
+        rng,
+        origin_xy=(x0, y0),
+        texture_seed=info.texture_seed,
+        tissue_mask=tissue,
+    )
     if info.pen is not None and _near([info.pen], x0, y0, x1, y1):
         pen = rasterize([info.pen], (h, w), 1.0, origin_xy=(x0, y0))
         if pen.any():
@@ -390,8 +431,9 @@ def _check_levels(levels: Sequence[int], tile: int) -> tuple[int, ...]:
     return lv
 
 
-def _pen_polygon(rng: np.random.Generator, w: int, h: int, mpp: float,
-                 tissue: Sequence[np.ndarray]) -> np.ndarray:
+def _pen_polygon(
+    rng: np.random.Generator, w: int, h: int, mpp: float, tissue: Sequence[np.ndarray]
+) -> np.ndarray:
     """A wavy marker stroke (about 1.2 mm long, 90 um wide) on the glass, touching tissue little.
 
     Tries positions across the slide and keeps the one overlapping the tissue least.
@@ -419,13 +461,22 @@ def _pen_polygon(rng: np.random.Generator, w: int, h: int, mpp: float,
     return best
 
 
-def write_synthetic_slide(path: str | os.PathLike[str], *, l0_size_xy: tuple[int, int],
-                          mpp: float, lesions: Sequence[np.ndarray], seed: int, tile: int = 512,
-                          levels: Sequence[int] = (1, 4, 16), jpeg_quality: int = 85,
-                          compression: str = "jpeg",
-                          blank_fraction: float = 0.5,
-                          tissue: Sequence[np.ndarray] | None = None,
-                          pen_mark: bool = True, dark_area: bool = True) -> SyntheticSlideInfo:
+def write_synthetic_slide(
+    path: str | os.PathLike[str],
+    *,
+    l0_size_xy: tuple[int, int],
+    mpp: float,
+    lesions: Sequence[np.ndarray],
+    seed: int,
+    tile: int = 512,
+    levels: Sequence[int] = (1, 4, 16),
+    jpeg_quality: int = 85,
+    compression: str = "jpeg",
+    blank_fraction: float = 0.5,
+    tissue: Sequence[np.ndarray] | None = None,
+    pen_mark: bool = True,
+    dark_area: bool = True,
+) -> SyntheticSlideInfo:
     """Write a tiled, JPEG-compressed pyramidal TIFF that OpenSlide opens, and ``<stem>.xml``.
 
     Level 0 is rendered tile by tile (tile RNG ``default_rng([seed, tile_index])``, texture world
@@ -484,25 +535,39 @@ def write_synthetic_slide(path: str | os.PathLike[str], *, l0_size_xy: tuple[int
             cand = random_blob_polygon(art_rng, c, r, irregularity=0.5)
             hit = rasterize([cand], tm.shape, ds) & tm
             pen_hit = pen is not None and bool(
-                (rasterize([cand], tm.shape, ds) & rasterize([pen], tm.shape, ds)).any())
+                (rasterize([cand], tm.shape, ds) & rasterize([pen], tm.shape, ds)).any()
+            )
             score = -float(hit.sum()) - (1e6 if pen_hit else 0.0) + art_rng.random()
             if score > best_score:
                 best, best_score = cand, score
         dark = best
     info = SyntheticSlideInfo(
-        path=path, xml_path=path.with_suffix(".xml"), l0_size_xy=(w, h), mpp=float(mpp),
-        downsamples=lv, level_sizes_xy=tuple((max(1, w // d), max(1, h // d)) for d in lv),
-        tile=tile, seed=int(seed), texture_seed=int(seed), lesions=lesions_t, tissue=tissue_t,
-        pen=pen, dark=dark)
+        path=path,
+        xml_path=path.with_suffix(".xml"),
+        l0_size_xy=(w, h),
+        mpp=float(mpp),
+        downsamples=lv,
+        level_sizes_xy=tuple((max(1, w // d), max(1, h // d)) for d in lv),
+        tile=tile,
+        seed=int(seed),
+        texture_seed=int(seed),
+        lesions=lesions_t,
+        tissue=tissue_t,
+        pen=pen,
+        dark=dark,
+    )
 
     ntx, nty = math.ceil(w / tile), math.ceil(h / tile)
     res_cm = 1e4 / mpp
     if compression not in ("jpeg", "zlib"):
         raise ValueError(f"compression must be 'jpeg' or 'zlib', got {compression!r}")
-    common = dict(photometric="rgb", compression=compression,
-                  compressionargs={"level": int(jpeg_quality) if compression == "jpeg" else 6},
-                  resolutionunit="CENTIMETER",
-                  metadata=None)
+    common = dict(
+        photometric="rgb",
+        compression=compression,
+        compressionargs={"level": int(jpeg_quality) if compression == "jpeg" else 6},
+        resolutionunit="CENTIMETER",
+        metadata=None,
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".synthslide-") as tmpdir:
@@ -510,8 +575,9 @@ def write_synthetic_slide(path: str | os.PathLike[str], *, l0_size_xy: tuple[int
         for d in lv[1:]:
             shape = (math.ceil(h / d) + 1, math.ceil(w / d) + 1, 3)
             if np.prod(shape) > _MEMMAP_BYTES:
-                arr = np.lib.format.open_memmap(Path(tmpdir) / f"level_{d}.npy", mode="w+",
-                                                dtype=np.uint8, shape=shape)
+                arr = np.lib.format.open_memmap(
+                    Path(tmpdir) / f"level_{d}.npy", mode="w+", dtype=np.uint8, shape=shape
+                )
             else:
                 arr = np.zeros(shape, dtype=np.uint8)
             reduced.append(arr)
@@ -519,8 +585,9 @@ def write_synthetic_slide(path: str | os.PathLike[str], *, l0_size_xy: tuple[int
         def level0_tiles() -> Iterator[np.ndarray]:
             for ty in range(nty):
                 for tx in range(ntx):
-                    img = render_slide_tile(info, (tx * tile, ty * tile), (tile, tile),
-                                            ty * ntx + tx)
+                    img = render_slide_tile(
+                        info, (tx * tile, ty * tile), (tile, tile), ty * ntx + tx
+                    )
                     for d, arr in zip(lv[1:], reduced, strict=True):
                         t = tile // d
                         small = img.reshape(t, d, t, d, 3).mean(axis=(1, 3))
@@ -529,18 +596,35 @@ def write_synthetic_slide(path: str | os.PathLike[str], *, l0_size_xy: tuple[int
                         arr[r0:r1, c0:c1] = np.rint(small[: r1 - r0, : c1 - c0])
                     yield img
 
-        description = json.dumps({"generator": "wsi_saliency.data.synthetic_slide",
-                                  "seed": int(seed), "mpp": float(mpp),
-                                  "lesions": len(lesions_t)})
+        description = json.dumps(
+            {
+                "generator": "wsi_saliency.data.synthetic_slide",
+                "seed": int(seed),
+                "mpp": float(mpp),
+                "lesions": len(lesions_t),
+            }
+        )
         try:
             with tifffile.TiffWriter(tmp_path, bigtiff=w * h * 3 > 2**31) as tw:
-                tw.write(level0_tiles(), shape=(h, w, 3), dtype=np.uint8, tile=(tile, tile),
-                         resolution=(res_cm, res_cm), subfiletype=0, description=description,
-                         software="wsi-saliency", **common)
-                for d, arr, (lw, lh) in zip(lv[1:], reduced, info.level_sizes_xy[1:],
-                                            strict=True):
-                    tw.write(arr[:lh, :lw], tile=(tile, tile),
-                             resolution=(res_cm / d, res_cm / d), subfiletype=1, **common)
+                tw.write(
+                    level0_tiles(),
+                    shape=(h, w, 3),
+                    dtype=np.uint8,
+                    tile=(tile, tile),
+                    resolution=(res_cm, res_cm),
+                    subfiletype=0,
+                    description=description,
+                    software="wsi-saliency",
+                    **common,
+                )
+                for d, arr, (lw, lh) in zip(lv[1:], reduced, info.level_sizes_xy[1:], strict=True):
+                    tw.write(
+                        arr[:lh, :lw],
+                        tile=(tile, tile),
+                        resolution=(res_cm / d, res_cm / d),
+                        subfiletype=1,
+                        **common,
+                    )
             os.replace(tmp_path, path)
         finally:
             reduced.clear()  # release the memory maps before the folder goes
@@ -565,18 +649,27 @@ def make_sample_slide(folder: str | os.PathLike[str], seed: int = 0) -> Syntheti
         # A layout where all lesions fit; the attempt number is part of the seed.
         rng = np.random.default_rng([seed, 1, attempt])
         tissue = make_tissue_polygons((w, h), rng, tissue_fraction=0.4, n_blobs=3)
-        shapes = [random_blob_polygon(rng, (0.0, 0.0), d / 2 / mpp,
-                                      irregularity=rng.uniform(0.25, 0.45), n_vertices=96)
-                  for d in diameters_um]
+        shapes = [
+            random_blob_polygon(
+                rng, (0.0, 0.0), d / 2 / mpp, irregularity=rng.uniform(0.25, 0.45), n_vertices=96
+            )
+            for d in diameters_um
+        ]
         try:
-            lesions = place_lesions(shapes, mpp, mpp, (w, h), rng, tissue=tissue,
-                                    margin_um=60.0)
+            lesions = place_lesions(shapes, mpp, mpp, (w, h), rng, tissue=tissue, margin_um=60.0)
         except DataError:
             continue
         break
     else:  # pragma: no cover - the layout is fixed by the seed and fits for small seeds
         raise DataError(f"no sample-slide layout fits for seed {seed}; try another seed")
-    return write_synthetic_slide(folder / "sample_slide.tif", l0_size_xy=(w, h), mpp=mpp,
-                                 lesions=lesions, seed=seed, tile=512, levels=(1, 4, 16),
-                                 jpeg_quality=65, tissue=tissue)
-
+    return write_synthetic_slide(
+        folder / "sample_slide.tif",
+        l0_size_xy=(w, h),
+        mpp=mpp,
+        lesions=lesions,
+        seed=seed,
+        tile=512,
+        levels=(1, 4, 16),
+        jpeg_quality=65,
+        tissue=tissue,
+    )

@@ -41,7 +41,10 @@ BACKBONE_SPECS: dict[str, BackboneSpec] = {
         "torch", "relu", "conv5", "densenet169_weights_tf_dim_ordering_tf_kernels_notop.h5"
     ),
     "mobilenetv2": BackboneSpec(
-        "tf", "out_relu", "block_13", "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_96_no_top.h5"
+        "tf",
+        "out_relu",
+        "block_13",
+        "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_96_no_top.h5",
     ),
     # A small ResNet-style network for tests and the demo: trains in seconds on a CPU.
     "tiny": BackboneSpec("unit", "tiny_stage4_out", "all", ""),
@@ -93,10 +96,14 @@ def _tiny_backbone(x):
         stride = 1 if i == 1 else 2
         shortcut = layers.Conv2D(width, 1, strides=stride, name=f"tiny_stage{i}_proj")(x)
         y = layers.Conv2D(width, 3, strides=stride, padding="same", name=f"tiny_stage{i}_conv1")(x)
-        y = layers.BatchNormalization(momentum=BN_MOMENTUM_FROM_SCRATCH, name=f"tiny_stage{i}_bn1")(y)
+        y = layers.BatchNormalization(momentum=BN_MOMENTUM_FROM_SCRATCH, name=f"tiny_stage{i}_bn1")(
+            y
+        )
         y = layers.Activation("relu", name=f"tiny_stage{i}_relu1")(y)
         y = layers.Conv2D(width, 3, padding="same", name=f"tiny_stage{i}_conv2")(y)
-        y = layers.BatchNormalization(momentum=BN_MOMENTUM_FROM_SCRATCH, name=f"tiny_stage{i}_bn2")(y)
+        y = layers.BatchNormalization(momentum=BN_MOMENTUM_FROM_SCRATCH, name=f"tiny_stage{i}_bn2")(
+            y
+        )
         y = layers.Add(name=f"tiny_stage{i}_add")([y, shortcut])
         x = layers.Activation("relu", name=f"tiny_stage{i}_out")(y)
     return x
@@ -159,7 +166,8 @@ def build_backbone(cfg: ModelConfig, x):
             ) from None
         if kwargs["weights"] not in (None, "imagenet"):
             raise InputError(
-                f"cannot load weights file {cfg.weights} into {cfg.backbone}: {text.splitlines()[0]}"
+                f"cannot load weights file {cfg.weights} into {cfg.backbone}: "
+                f"{text.splitlines()[0]}"
             ) from None
         raise
     return base.output

@@ -55,8 +55,7 @@ class GradCam:
 
     def __call__(self, x) -> tuple[np.ndarray, np.ndarray]:
         prob, cam = self._fn(np.asarray(x, dtype=np.float32))
-        return (np.asarray(prob, dtype=np.float32).reshape(-1),
-                np.asarray(cam, dtype=np.float32))
+        return (np.asarray(prob, dtype=np.float32).reshape(-1), np.asarray(cam, dtype=np.float32))
 
 
 def cam_from_gradients(features, grads):
@@ -106,8 +105,10 @@ def _gradients_jax(feature_model, head, *, jit: bool):
     import jax.numpy as jnp
 
     def state(model):
-        return ([v.value for v in model.trainable_variables],
-                [v.value for v in model.non_trainable_variables])
+        return (
+            [v.value for v in model.trainable_variables],
+            [v.value for v in model.non_trainable_variables],
+        )
 
     def run(f_state, h_state, x):
         (features, prob), _ = feature_model.stateless_call(*f_state, x, training=False)

@@ -113,7 +113,8 @@ def read_card(path: str | Path) -> ModelCard:
             if CARD_NAME not in zf.namelist():
                 raise ModelError(
                     f"model file {path} has no wsi-saliency metadata ({CARD_NAME}): use a model "
-                    "written by 'wsi-saliency train', or add a card with wsi_saliency.model.io.save_model"
+                    "written by 'wsi-saliency train', or add a card with "
+                    "wsi_saliency.model.io.save_model"
                 )
             return ModelCard.from_json(zf.read(CARD_NAME).decode())
     except zipfile.BadZipFile:
@@ -155,8 +156,10 @@ def _rebuild(path: str | Path, card: ModelCard, dtype_policy: str):
     from wsi_saliency.model.build import build_model
 
     if not card.config:
-        raise ModelError(f"model file {path} has no training config in its card: it can only "
-                         "run in float32 (drop mixed precision)")
+        raise ModelError(
+            f"model file {path} has no training config in its card: it can only "
+            "run in float32 (drop mixed precision)"
+        )
     model_cfg = dataclasses.replace(config_from_dict(card.config).model, weights="none")
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(dtype_policy)

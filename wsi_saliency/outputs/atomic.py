@@ -45,8 +45,9 @@ def ensure_writable_dir(out: str | Path) -> Path:
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        raise InputError(f"cannot write to output folder {out} ({exc.strerror}): "
-                         "choose a writable --out") from None
+        raise InputError(
+            f"cannot write to output folder {out} ({exc.strerror}): choose a writable --out"
+        ) from None
     return out
 
 

@@ -22,19 +22,32 @@ import numpy as np
 from wsi_saliency.outputs.atomic import _plain, atomic_path
 
 
-def write_scan_h5(path: str | Path, result, *, model_path: str, model_card: dict[str, Any],
-                  config: dict[str, Any], versions: dict[str, str]) -> Path:
+def write_scan_h5(
+    path: str | Path,
+    result,
+    *,
+    model_path: str,
+    model_card: dict[str, Any],
+    config: dict[str, Any],
+    versions: dict[str, str],
+) -> Path:
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         comp = {"compression": "gzip", "compression_opts": 4}
         f.create_dataset("coords", data=result.coords.astype(np.int64))
         f.create_dataset("grid_rc", data=result.grid_rc.astype(np.int64))
         f.create_dataset("prob", data=result.prob.astype(np.float32))
-        f.create_dataset("gradcam", data=result.gradcam.astype(np.float32),
-                         **(comp if result.gradcam.size else {}))
+        f.create_dataset(
+            "gradcam",
+            data=result.gradcam.astype(np.float32),
+            **(comp if result.gradcam.size else {}),
+        )
         f.create_dataset("tissue_fraction", data=result.tissue_fraction.astype(np.float32))
         f.create_dataset("heatmap_prob", data=result.heatmap_prob.astype(np.float32))
-        f.create_dataset("heatmap_gradcam", data=result.heatmap_gradcam.astype(np.float32),
-                         **(comp if result.heatmap_gradcam.size else {}))
+        f.create_dataset(
+            "heatmap_gradcam",
+            data=result.heatmap_gradcam.astype(np.float32),
+            **(comp if result.heatmap_gradcam.size else {}),
+        )
         f.create_dataset("tissue_mask", data=result.tissue_mask.astype(np.uint8), **comp)
         a = f.attrs
         a["frame"] = "coords: level-0 (x, y) pixels; arrays: [row, col]"

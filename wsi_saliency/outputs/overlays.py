@@ -14,8 +14,12 @@ import numpy as np
 from wsi_saliency.outputs.atomic import atomic_path
 
 
-def heatmap_on_grid(heatmap: np.ndarray, l0_per_cell: float, shape_rc: tuple[int, int],
-                    l0_per_px: tuple[float, float]) -> np.ndarray:
+def heatmap_on_grid(
+    heatmap: np.ndarray,
+    l0_per_cell: float,
+    shape_rc: tuple[int, int],
+    l0_per_px: tuple[float, float],
+) -> np.ndarray:
     """Sample ``heatmap`` [H, W] onto an image grid ``shape_rc`` (nearest cell); NaN outside."""
     rows = ((np.arange(shape_rc[0]) + 0.5) * l0_per_px[1] / l0_per_cell).astype(np.int64)
     cols = ((np.arange(shape_rc[1]) + 0.5) * l0_per_px[0] / l0_per_cell).astype(np.int64)
@@ -44,10 +48,20 @@ def _figure(image: np.ndarray, title: str):
     return fig, ax, plt
 
 
-def write_heatmap_png(path: str | Path, overview: np.ndarray, overview_l0_per_px: tuple[float, float],
-                      heatmap: np.ndarray, l0_per_cell: float, *, title: str, label: str,
-                      vmin: float = 0.0, vmax: float | None = None, cmap: str = "jet",
-                      alpha: float = 0.45) -> Path:
+def write_heatmap_png(
+    path: str | Path,
+    overview: np.ndarray,
+    overview_l0_per_px: tuple[float, float],
+    heatmap: np.ndarray,
+    l0_per_cell: float,
+    *,
+    title: str,
+    label: str,
+    vmin: float = 0.0,
+    vmax: float | None = None,
+    cmap: str = "jet",
+    alpha: float = 0.45,
+) -> Path:
     """The overview with ``heatmap`` blended over it and a colour bar labelled ``label``."""
     values = heatmap_on_grid(heatmap, l0_per_cell, overview.shape[:2], overview_l0_per_px)
     if vmax is None:
@@ -67,17 +81,27 @@ def write_heatmap_png(path: str | Path, overview: np.ndarray, overview_l0_per_px
     return Path(path)
 
 
-def write_tissue_png(path: str | Path, overview: np.ndarray,
-                     overview_l0_per_px: tuple[float, float], mask: np.ndarray,
-                     mask_l0_per_px: tuple[float, float], *, title: str) -> Path:
+def write_tissue_png(
+    path: str | Path,
+    overview: np.ndarray,
+    overview_l0_per_px: tuple[float, float],
+    mask: np.ndarray,
+    mask_l0_per_px: tuple[float, float],
+    *,
+    title: str,
+) -> Path:
     """The overview with the tissue mask's outline (green) and non-tissue dimmed."""
     from skimage.segmentation import find_boundaries
 
     h, w = overview.shape[:2]
-    rows = np.minimum(((np.arange(h) + 0.5) * overview_l0_per_px[1] / mask_l0_per_px[1])
-                      .astype(np.int64), mask.shape[0] - 1)
-    cols = np.minimum(((np.arange(w) + 0.5) * overview_l0_per_px[0] / mask_l0_per_px[0])
-                      .astype(np.int64), mask.shape[1] - 1)
+    rows = np.minimum(
+        ((np.arange(h) + 0.5) * overview_l0_per_px[1] / mask_l0_per_px[1]).astype(np.int64),
+        mask.shape[0] - 1,
+    )
+    cols = np.minimum(
+        ((np.arange(w) + 0.5) * overview_l0_per_px[0] / mask_l0_per_px[0]).astype(np.int64),
+        mask.shape[1] - 1,
+    )
     on_overview = mask[np.ix_(rows, cols)]
     shown = overview.astype(np.float32)
     shown[~on_overview] = shown[~on_overview] * 0.45 + 255 * 0.55 * 0.3

@@ -22,8 +22,19 @@ from wsi_saliency.config import ScanConfig
 from wsi_saliency.errors import InputError, WsiSaliencyError
 from wsi_saliency.outputs.atomic import atomic_path, write_json
 
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu",
-                  ".svslide", ".dcm")
+SLIDE_SUFFIXES = (
+    ".svs",
+    ".tif",
+    ".tiff",
+    ".ndpi",
+    ".mrxs",
+    ".scn",
+    ".bif",
+    ".vms",
+    ".vmu",
+    ".svslide",
+    ".dcm",
+)
 SLIDE_FILES = ("scan.h5", "heatmap.png", "gradcam.png", "tissue.png", "summary.json")
 
 
@@ -38,10 +49,13 @@ def expand_slides(items: Iterable[str]) -> list[Path]:
                 raise InputError(f"no file matches {item!r}: check the pattern")
             found.extend(p for p in matches if p.is_file())
         elif path.is_dir():
-            inside = sorted(p for p in path.iterdir()
-                            if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES)
+            inside = sorted(
+                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES
+            )
             if not inside:
-                raise InputError(f"folder {path} holds no slide files ({', '.join(SLIDE_SUFFIXES)})")
+                raise InputError(
+                    f"folder {path} holds no slide files ({', '.join(SLIDE_SUFFIXES)})"
+                )
             found.extend(inside)
         elif path.is_file():
             found.append(path)
@@ -51,8 +65,10 @@ def expand_slides(items: Iterable[str]) -> list[Path]:
     stems = [p.stem for p in unique]
     dupes = sorted({s for s in stems if stems.count(s) > 1})
     if dupes:
-        raise InputError(f"two slides share the name {dupes[0]!r}: outputs would collide; "
-                         "scan them into different --out folders")
+        raise InputError(
+            f"two slides share the name {dupes[0]!r}: outputs would collide; "
+            "scan them into different --out folders"
+        )
     return unique
 
 
@@ -63,16 +79,18 @@ def find_mask(folder: Path, slide: Path, what: str, extra: tuple[str, ...] = ())
         candidate = folder / f"{slide.stem}{suffix}"
         if candidate.is_file():
             return candidate
-    raise InputError(f"no {what} for {slide.name} in {folder} (looked for {slide.stem}"
-                     f"{{{','.join(suffixes)}}})")
+    raise InputError(
+        f"no {what} for {slide.name} in {folder} (looked for {slide.stem}{{{','.join(suffixes)}}})"
+    )
 
 
 def is_complete(folder: Path) -> bool:
     return all((folder / name).is_file() for name in SLIDE_FILES)
 
 
-def write_slide_outputs(result, folder: Path, *, model_path: Path, card, cfg: ScanConfig,
-                        versions: dict[str, str]) -> dict:
+def write_slide_outputs(
+    result, folder: Path, *, model_path: Path, card, cfg: ScanConfig, versions: dict[str, str]
+) -> dict:
     """Write all files of one slide into ``folder`` (created); ``summary.json`` last."""
     from dataclasses import asdict
 
@@ -81,20 +99,45 @@ def write_slide_outputs(result, folder: Path, *, model_path: Path, card, cfg: Sc
 
     folder.mkdir(parents=True, exist_ok=True)
     card_dict = asdict(card)
-    write_scan_h5(folder / "scan.h5", result, model_path=str(model_path), model_card=card_dict,
-                  config=asdict(cfg), versions=versions)
+    write_scan_h5(
+        folder / "scan.h5",
+        result,
+        model_path=str(model_path),
+        model_card=card_dict,
+        config=asdict(cfg),
+        versions=versions,
+    )
     name = result.path.name
-    write_heatmap_png(folder / "heatmap.png", result.overview, result.overview_downsample,
-                      result.heatmap_prob, result.heatmap_prob_downsample,
-                      title=f"{name}: P(metastasis), max {result.score_max():.3f}",
-                      label="P(metastasis)", vmin=0.0, vmax=1.0)
-    write_heatmap_png(folder / "gradcam.png", result.overview, result.overview_downsample,
-                      result.heatmap_gradcam, result.heatmap_gradcam_downsample,
-                      title=f"{name}: Grad-CAM at {card.gradcam_layer} (one scale for the slide)",
-                      label="Grad-CAM (raw, 0 to 99.5th percentile)", cmap="inferno", alpha=0.55)
-    write_tissue_png(folder / "tissue.png", result.overview, result.overview_downsample,
-                     result.tissue_mask, result.thumbnail_downsample,
-                     title=f"{name}: tissue ({result.n_scored} patches scored)")
+    write_heatmap_png(
+        folder / "heatmap.png",
+        result.overview,
+        result.overview_downsample,
+        result.heatmap_prob,
+        result.heatmap_prob_downsample,
+        title=f"{name}: P(metastasis), max {result.score_max():.3f}",
+        label="P(metastasis)",
+        vmin=0.0,
+        vmax=1.0,
+    )
+    write_heatmap_png(
+        folder / "gradcam.png",
+        result.overview,
+        result.overview_downsample,
+        result.heatmap_gradcam,
+        result.heatmap_gradcam_downsample,
+        title=f"{name}: Grad-CAM at {card.gradcam_layer} (one scale for the slide)",
+        label="Grad-CAM (raw, 0 to 99.5th percentile)",
+        cmap="inferno",
+        alpha=0.55,
+    )
+    write_tissue_png(
+        folder / "tissue.png",
+        result.overview,
+        result.overview_downsample,
+        result.tissue_mask,
+        result.thumbnail_downsample,
+        title=f"{name}: tissue ({result.n_scored} patches scored)",
+    )
     summary = {
         **result.summary(),
         "model": str(model_path),
@@ -122,13 +165,21 @@ class CohortRow:
 def _write_csv(path: Path, rows: list[CohortRow]) -> None:
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["slide", "status", "score_max", "score_topk_mean", "patches_scored",
-                     "seconds", "error"])
+    writer.writerow(
+        ["slide", "status", "score_max", "score_topk_mean", "patches_scored", "seconds", "error"]
+    )
     for r in rows:
-        writer.writerow([r.slide, r.status, "" if r.score_max is None else f"{r.score_max:.6f}",
-                         "" if r.score_topk is None else f"{r.score_topk:.6f}",
-                         "" if r.patches is None else r.patches,
-                         "" if r.seconds is None else f"{r.seconds:.2f}", r.error])
+        writer.writerow(
+            [
+                r.slide,
+                r.status,
+                "" if r.score_max is None else f"{r.score_max:.6f}",
+                "" if r.score_topk is None else f"{r.score_topk:.6f}",
+                "" if r.patches is None else r.patches,
+                "" if r.seconds is None else f"{r.seconds:.2f}",
+                r.error,
+            ]
+        )
     with atomic_path(path) as tmp:
         tmp.write_text(buf.getvalue())
 
@@ -162,8 +213,14 @@ def scan_cohort(
 
         policy = configure_precision(cfg.mixed_precision)
     model, card = load_model(model_path, dtype_policy=policy)
-    scorer = PatchScorer(model, card, gradcam=cfg.gradcam, layer=cfg.gradcam_layer, tta=cfg.tta,
-                         batch_size=max(1, cfg.batch_size // 8) if cfg.tta else cfg.batch_size)
+    scorer = PatchScorer(
+        model,
+        card,
+        gradcam=cfg.gradcam,
+        layer=cfg.gradcam_layer,
+        tta=cfg.tta,
+        batch_size=max(1, cfg.batch_size // 8) if cfg.tta else cfg.batch_size,
+    )
     versions = software_versions()
     rows: list[CohortRow] = []
     bar = tqdm(slides, desc="slides", unit="slide", disable=not progress or len(slides) < 2)
@@ -178,27 +235,48 @@ def scan_cohort(
         t0 = time.perf_counter()
         try:
             result = scan_slide(
-                slide, model, card, cfg, scorer=scorer, progress=progress,
-                tissue=None if tissue_masks is None else find_mask(tissue_masks, slide, "tissue mask"),
-                roi=None if rois is None else find_mask(rois, slide, "region of interest",
-                                                        (".xml",)))
+                slide,
+                model,
+                card,
+                cfg,
+                scorer=scorer,
+                progress=progress,
+                tissue=None
+                if tissue_masks is None
+                else find_mask(tissue_masks, slide, "tissue mask"),
+                roi=None
+                if rois is None
+                else find_mask(rois, slide, "region of interest", (".xml",)),
+            )
             for note in result.warnings:
                 log(f"warning: {note}")
-            write_slide_outputs(result, partial, model_path=model_path, card=card, cfg=cfg,
-                                versions=versions)
+            write_slide_outputs(
+                result, partial, model_path=model_path, card=card, cfg=cfg, versions=versions
+            )
             if final.exists():
                 shutil.rmtree(final)
             partial.rename(final)
-            rows.append(CohortRow(str(slide), "done", result.score_max(), result.score_topk(),
-                                  result.n_scored, time.perf_counter() - t0))
-            log(f"{slide.name}: score {result.score_max():.3f} (max), {result.n_scored} patches, "
-                f"{result.summary()['patches_per_s']} patches/s -> {final}")
+            rows.append(
+                CohortRow(
+                    str(slide),
+                    "done",
+                    result.score_max(),
+                    result.score_topk(),
+                    result.n_scored,
+                    time.perf_counter() - t0,
+                )
+            )
+            log(
+                f"{slide.name}: score {result.score_max():.3f} (max), {result.n_scored} patches, "
+                f"{result.summary()['patches_per_s']} patches/s -> {final}"
+            )
         except WsiSaliencyError as exc:
             if debug:
                 raise
             shutil.rmtree(partial, ignore_errors=True)
-            rows.append(CohortRow(str(slide), "failed", seconds=time.perf_counter() - t0,
-                                  error=str(exc)))
+            rows.append(
+                CohortRow(str(slide), "failed", seconds=time.perf_counter() - t0, error=str(exc))
+            )
             log(f"error: {exc}")
         except Exception as exc:  # noqa: BLE001 - one bad slide must not stop the cohort
             if debug:
@@ -206,8 +284,9 @@ def scan_cohort(
             shutil.rmtree(partial, ignore_errors=True)
             first = (str(exc).splitlines() or [""])[0]
             message = f"{slide}: {type(exc).__name__}: {first} (rerun with --debug for details)"
-            rows.append(CohortRow(str(slide), "failed", seconds=time.perf_counter() - t0,
-                                  error=message))
+            rows.append(
+                CohortRow(str(slide), "failed", seconds=time.perf_counter() - t0, error=message)
+            )
             log(f"error: {message}")
         _write_csv(out / "cohort.csv", rows)
     return rows

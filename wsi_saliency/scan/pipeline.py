@@ -103,8 +103,11 @@ class SlideResult:
             "resolution": self.plan.describe(),
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
             "patches_per_s": round(self.n_scored / total, 1) if total else None,
-            "model_patches_per_s": (round(self.n_scored / self.timings["model_s"], 1)
-                                    if self.timings.get("model_s") else None),
+            "model_patches_per_s": (
+                round(self.n_scored / self.timings["model_s"], 1)
+                if self.timings.get("model_s")
+                else None
+            ),
             "warnings": list(self.warnings),
         }
 
@@ -124,8 +127,16 @@ class PatchScorer:
     probabilities and (re-aligned) maps are averaged.
     """
 
-    def __init__(self, model, card, *, gradcam: bool = True, layer: str | None = None,
-                 tta: bool = False, batch_size: int | None = None):
+    def __init__(
+        self,
+        model,
+        card,
+        *,
+        gradcam: bool = True,
+        layer: str | None = None,
+        tta: bool = False,
+        batch_size: int | None = None,
+    ):
         from wsi_saliency.model.gradcam import GradCam
 
         self.model = model
@@ -156,7 +167,7 @@ class PatchScorer:
         prob, cam = self._once(views)
         prob = prob.reshape(8, b).mean(axis=0)
         if cam is not None:
-            cam = np.mean([undo_dihedral(cam[k * b:(k + 1) * b], k) for k in range(8)], axis=0)
+            cam = np.mean([undo_dihedral(cam[k * b : (k + 1) * b], k) for k in range(8)], axis=0)
         return prob, cam
 
 
@@ -189,14 +200,21 @@ def scan_slide(
     timings: dict[str, float] = {}
     notes: list[str] = []
     batch_size = max(1, cfg.batch_size // 8) if cfg.tta else cfg.batch_size
-    scorer = scorer or PatchScorer(model, card, gradcam=cfg.gradcam, layer=cfg.gradcam_layer,
-                                   tta=cfg.tta, batch_size=batch_size)
+    scorer = scorer or PatchScorer(
+        model,
+        card,
+        gradcam=cfg.gradcam,
+        layer=cfg.gradcam_layer,
+        tta=cfg.tta,
+        batch_size=batch_size,
+    )
     patch = int(card.patch_size)
     stride = int(cfg.stride or patch)
 
     with open_slide(path) as reader:
-        plan = plan_resolution(reader, card.patch_mpp, slide_mpp=cfg.slide_mpp,
-                               tolerance=cfg.mpp_tolerance)
+        plan = plan_resolution(
+            reader, card.patch_mpp, slide_mpp=cfg.slide_mpp, tolerance=cfg.mpp_tolerance
+        )
         if plan.warning:
             notes.append(plan.warning)
         timings["open_s"] = time.perf_counter() - t_start
@@ -211,25 +229,37 @@ def scan_slide(
         roi_mask = None if roi is None else _user_mask(roi, thumb_shape, thumb.l0_per_px)
         l0_size = tuple(int(v) for v in reader.dimensions)
         ds = max(max(l0_size) / OVERVIEW_MAX_SIDE, 1.0)
-        overview = reader.get_thumbnail((max(1, round(l0_size[0] / ds)),
-                                         max(1, round(l0_size[1] / ds))))
+        overview = reader.get_thumbnail(
+            (max(1, round(l0_size[0] / ds)), max(1, round(l0_size[1] / ds)))
+        )
         overview_ds = (l0_size[0] / overview.shape[1], l0_size[1] / overview.shape[0])
         timings["tissue_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    grid = tile_grid(l0_size, plan, patch_t=patch, stride_t=stride, mask=mask,
-                     mask_l0_per_px=thumb.l0_per_px, min_tissue_fraction=cfg.min_tissue_fraction,
-                     roi=roi_mask, roi_l0_per_px=None if roi is None else thumb.l0_per_px,
-                     cover_edges=True)  # edge patches read white beyond the slide
+    grid = tile_grid(
+        l0_size,
+        plan,
+        patch_t=patch,
+        stride_t=stride,
+        mask=mask,
+        mask_l0_per_px=thumb.l0_per_px,
+        min_tissue_fraction=cfg.min_tissue_fraction,
+        roi=roi_mask,
+        roi_l0_per_px=None if roi is None else thumb.l0_per_px,
+        cover_edges=True,
+    )  # edge patches read white beyond the slide
     timings["tiling_s"] = time.perf_counter() - t
     if len(grid) == 0:
-        notes.append(f"{path.name}: no tissue found (0 of {grid.n_candidates} patches reach "
-                     f"{cfg.min_tissue_fraction:.0%} tissue); heatmaps are empty and the score is 0")
+        notes.append(
+            f"{path.name}: no tissue found (0 of {grid.n_candidates} patches reach "
+            f"{cfg.min_tissue_fraction:.0%} tissue); heatmaps are empty and the score is 0"
+        )
 
     cells = cfg.gradcam_cells
     prob_stitch = HeatmapStitcher.from_grid(grid)
     cam_stitch = MapStitcher.from_grid(
-        grid, cells, sigma_scale=0.125 if cfg.gradcam_centre_weighted else None)
+        grid, cells, sigma_scale=0.125 if cfg.gradcam_centre_weighted else None
+    )
     n = len(grid)
     probs = np.full(n, np.nan, np.float32)
     cams = np.zeros((n, *scorer.map_shape), np.float32)
@@ -237,9 +267,14 @@ def scan_slide(
     t = time.perf_counter()
     bar = tqdm(total=n, desc=path.name, unit="patch", disable=not progress, leave=False)
     try:
-        for batch in iter_patch_batches(lambda: open_slide(path), plan, grid,
-                                        batch_size=batch_size, region_t=cfg.region,
-                                        workers=cfg.workers):
+        for batch in iter_patch_batches(
+            lambda: open_slide(path),
+            plan,
+            grid,
+            batch_size=batch_size,
+            region_t=cfg.region,
+            workers=cfg.workers,
+        ):
             tm = time.perf_counter()
             p, cam = scorer(batch.patches)
             model_s += time.perf_counter() - tm
@@ -262,17 +297,32 @@ def scan_slide(
     timings["stitch_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start
     return SlideResult(
-        path=path, coords=grid.l0_xy, grid_rc=grid.grid_rc, prob=probs, gradcam=cams,
-        tissue_fraction=grid.tissue_fraction, heatmap_prob=heat_prob,
+        path=path,
+        coords=grid.l0_xy,
+        grid_rc=grid.grid_rc,
+        prob=probs,
+        gradcam=cams,
+        tissue_fraction=grid.tissue_fraction,
+        heatmap_prob=heat_prob,
         heatmap_prob_downsample=float(prob_stitch.l0_per_cell or grid.stride_l0),
         heatmap_gradcam=heat_cam,
         heatmap_gradcam_downsample=float(cam_stitch.l0_per_cell or grid.patch_l0 / cells),
-        tissue_mask=mask, thumbnail=thumb.image, thumbnail_downsample=thumb.l0_per_px,
-        overview=overview, overview_downsample=overview_ds,
-        patch_size_l0=grid.patch_l0, stride_l0=grid.stride_l0, target_mpp=plan.t_mpp,
-        slide_mpp=plan.l0_mpp, slide_dimensions=l0_size, plan=plan,
-        n_candidates=grid.n_candidates, n_skipped_tissue=grid.n_skipped_tissue,
-        timings=timings, warnings=notes, config=cfg,
+        tissue_mask=mask,
+        thumbnail=thumb.image,
+        thumbnail_downsample=thumb.l0_per_px,
+        overview=overview,
+        overview_downsample=overview_ds,
+        patch_size_l0=grid.patch_l0,
+        stride_l0=grid.stride_l0,
+        target_mpp=plan.t_mpp,
+        slide_mpp=plan.l0_mpp,
+        slide_dimensions=l0_size,
+        plan=plan,
+        n_candidates=grid.n_candidates,
+        n_skipped_tissue=grid.n_skipped_tissue,
+        timings=timings,
+        warnings=notes,
+        config=cfg,
     )
 
 
@@ -299,8 +349,12 @@ def _fit_mask(mask: np.ndarray, shape_rc: tuple[int, int]) -> np.ndarray:
         raise InputError(f"a mask must be a 2-D image, got shape {mask.shape}")
     if mask.shape == tuple(shape_rc):
         return mask.astype(bool)
-    rows = np.minimum((np.arange(shape_rc[0]) + 0.5) * mask.shape[0] / shape_rc[0], mask.shape[0] - 1)
-    cols = np.minimum((np.arange(shape_rc[1]) + 0.5) * mask.shape[1] / shape_rc[1], mask.shape[1] - 1)
+    rows = np.minimum(
+        (np.arange(shape_rc[0]) + 0.5) * mask.shape[0] / shape_rc[0], mask.shape[0] - 1
+    )
+    cols = np.minimum(
+        (np.arange(shape_rc[1]) + 0.5) * mask.shape[1] / shape_rc[1], mask.shape[1] - 1
+    )
     return mask[rows.astype(int)][:, cols.astype(int)].astype(bool)
 
 
