@@ -220,19 +220,23 @@ def scan_slide(
         timings["open_s"] = time.perf_counter() - t_start
 
         t = time.perf_counter()
-        thumb = slide_thumbnail(reader, l0_mpp=plan.l0_mpp, thumb_mpp=cfg.thumb_mpp)
-        thumb_shape = thumb.image.shape[:2]
-        if tissue is None:
-            mask = tissue_mask(thumb.image, thumb_mpp=thumb.mpp)
-        else:
-            mask = _user_mask(tissue, thumb_shape, thumb.l0_per_px)
-        roi_mask = None if roi is None else _user_mask(roi, thumb_shape, thumb.l0_per_px)
         l0_size = tuple(int(v) for v in reader.dimensions)
         ds = max(max(l0_size) / OVERVIEW_MAX_SIDE, 1.0)
         overview = reader.get_thumbnail(
             (max(1, round(l0_size[0] / ds)), max(1, round(l0_size[1] / ds)))
         )
         overview_ds = (l0_size[0] / overview.shape[1], l0_size[1] / overview.shape[0])
+        # The tissue thumbnail comes from the overview when that is fine enough: a slide
+        # without a coarse level would otherwise be decoded whole a second time.
+        thumb = _thumbnail_from_overview(overview, l0_size, plan.l0_mpp, cfg.thumb_mpp)
+        if thumb is None:
+            thumb = slide_thumbnail(reader, l0_mpp=plan.l0_mpp, thumb_mpp=cfg.thumb_mpp)
+        thumb_shape = thumb.image.shape[:2]
+        if tissue is None:
+            mask = tissue_mask(thumb.image, thumb_mpp=thumb.mpp)
+        else:
+            mask = _user_mask(tissue, thumb_shape, thumb.l0_per_px)
+        roi_mask = None if roi is None else _user_mask(roi, thumb_shape, thumb.l0_per_px)
         timings["tissue_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -324,6 +328,23 @@ def scan_slide(
         warnings=notes,
         config=cfg,
     )
+
+
+def _thumbnail_from_overview(overview: np.ndarray, l0_size: tuple[int, int], l0_mpp: float,
+                             thumb_mpp: float):
+    """A ``Thumbnail`` at about ``thumb_mpp`` area-averaged from the overview, or None when
+    the overview is coarser than that."""
+    from PIL import Image
+
+    from wsi_saliency.slide.tissue import Thumbnail
+
+    t_ds = max(thumb_mpp / l0_mpp, 1.0)  # level-0 px per thumbnail px
+    if max(l0_size[0] / overview.shape[1], l0_size[1] / overview.shape[0]) > t_ds:
+        return None
+    want = (max(1, int(np.ceil(l0_size[0] / t_ds))), max(1, int(np.ceil(l0_size[1] / t_ds))))
+    image = np.asarray(Image.fromarray(overview).resize(want, Image.Resampling.BOX))
+    l0_per_px = (l0_size[0] / want[0], l0_size[1] / want[1])
+    return Thumbnail(image, l0_mpp * (l0_per_px[0] + l0_per_px[1]) / 2, l0_per_px)
 
 
 def _user_mask(source, shape_rc: tuple[int, int], l0_per_px: tuple[float, float]) -> np.ndarray:
