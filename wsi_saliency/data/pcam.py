@@ -31,6 +31,11 @@ import numpy as np
 
 from wsi_saliency.errors import DataError, InputError
 
+# One lock for every open split: the HDF5 library is not safe to enter from two threads at
+# once, even on different files (a training run that read train and valid splits from two
+# reader pools died in H5Dread_chunk). Only the reads hold it; inflating runs outside it.
+_HDF5_LOCK = threading.Lock()
+
 PATCH_SIZE = 96
 """Side of a PCam patch in pixels."""
 
@@ -141,7 +146,7 @@ class PcamSplit:
                     "(run `wsi-saliency download pcam` or `wsi-saliency convert`)"
                 )
         self._read_workers = int(read_workers)
-        self._lock = threading.Lock()
+        self._lock = _HDF5_LOCK
         # A chunk cache large enough for one aligned read keeps partial-chunk reads cheap.
         self._file = _open_h5(self.x_path, rdcc_nbytes=64 * 1024 * 1024, rdcc_nslots=10007)
         try:
@@ -401,7 +406,7 @@ class PcamSplit:
                     data = zlib.decompress(raw, bufsize=chunk_bytes)
                 if len(data) == chunk_bytes:
                     return np.frombuffer(data, np.uint8).reshape(-1, *PATCH_SHAPE)[:count]
-            except (OSError, KeyError, ValueError, zlib.error):
+            except (OSError, KeyError, ValueError, RuntimeError, zlib.error):
                 pass  # unallocated or unusual chunk: let HDF5 read it
         out = np.empty((count, *PATCH_SHAPE), np.uint8)
         with self._lock, self._damaged_file_errors(first, first + count):
