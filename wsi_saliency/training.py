@@ -392,7 +392,17 @@ def train(
             )
         first = max(start_epoch, epoch_base)
         phase_callbacks = _callbacks(
-            cfg, out, phase, phase_end, best, history, index, wrapper, model, callbacks
+            cfg,
+            out,
+            phase,
+            phase_end,
+            best,
+            history,
+            index,
+            wrapper,
+            model,
+            callbacks,
+            precise_bn_split=train_split,
         )
         train_batches = prefetch(
             epoch_batches(
@@ -504,7 +514,19 @@ def _tensorboard_available() -> bool:
     return all(importlib.util.find_spec(m) for m in ("tensorflow", "tensorboard"))
 
 
-def _callbacks(cfg, out, phase, phase_end, best, history, phase_index, wrapper, model, extra=()):
+def _callbacks(
+    cfg,
+    out,
+    phase,
+    phase_end,
+    best,
+    history,
+    phase_index,
+    wrapper,
+    model,
+    extra=(),
+    precise_bn_split=None,
+):
     import keras
 
     class KeepBest(keras.callbacks.Callback):
@@ -542,6 +564,22 @@ def _callbacks(cfg, out, phase, phase_end, best, history, phase_index, wrapper, 
             )
 
     cbs: list = []
+    if cfg.train.precise_bn_batches and precise_bn_split is not None:
+
+        class PreciseBN(keras.callbacks.Callback):
+            """Before each validation, re-estimate BatchNorm statistics on raw train batches,
+            so valid AUC (and the kept model) reflect the statistics inference will use."""
+
+            def on_test_begin(self, logs=None):
+                recalibrate_batchnorm(
+                    model,
+                    precise_bn_split,
+                    cfg.data.batch_size,
+                    cfg.train.precise_bn_batches,
+                    seed=cfg.train.seed,
+                )
+
+        cbs.append(PreciseBN())
     if cfg.train.early_stopping_patience:
         cbs.append(
             keras.callbacks.EarlyStopping(
