@@ -164,7 +164,7 @@ def test_precise_batchnorm_uses_raw_train_statistics(blob_data):
     first = model.get_layer("tiny_stage1_bn1")
     assert first.momentum == 0.9  # restored
     conv = keras.Model(model.inputs, model.get_layer("tiny_stage1_conv1").output)
-    features = np.asarray(conv(x.astype("float32")))
+    features = keras.ops.convert_to_numpy(conv(x.astype("float32")))
     # The moving mean is now the mean of the conv output over the raw batches (not 0).
     np.testing.assert_allclose(
         np.asarray(first.moving_mean), features.mean(axis=(0, 1, 2)), rtol=0.15, atol=0.02
