@@ -32,7 +32,6 @@ import platform
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -52,60 +51,7 @@ ODD_BATCH = 37  # a batch size the scorer has not seen: what a slide's last part
 
 # ---------------------------------------------------------------- machine
 
-
-def training_processes() -> list[str]:
-    """Command lines of ``wsi-saliency train`` processes (they distort the figures)."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-        except OSError:
-            continue
-        if "wsi-saliency train" in cmd or "wsi_saliency train" in cmd:
-            found.append(f"{pid}: {cmd[:160]}")
-    return found
-
-
-def busy_processes(window_s: float = 1.0, min_cpu: float = 0.1) -> list[str]:
-    """Other processes using more than ``min_cpu`` of a core over ``window_s`` (anything
-    besides this benchmark that competes for the CPUs, e.g. other engineers' tests)."""
-
-    def ticks() -> dict[str, tuple[int, str]]:
-        out = {}
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit() or int(pid) == os.getpid():
-                continue
-            try:
-                stat = Path(f"/proc/{pid}/stat").read_text()
-                fields = stat[stat.rindex(")") + 2 :].split()
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except (OSError, ValueError):
-                continue
-            out[pid] = (int(fields[11]) + int(fields[12]), cmd.strip()[:120])
-        return out
-
-    hz = os.sysconf("SC_CLK_TCK")
-    before = ticks()
-    time.sleep(window_s)
-    after = ticks()
-    busy = []
-    for pid, (t1, cmd) in after.items():
-        if pid in before:
-            share = (t1 - before[pid][0]) / hz / window_s
-            if share >= min_cpu:
-                busy.append(f"{pid} ({share:.0%} of a core): {cmd}")
-    return busy
-
-
-def machine_start() -> dict:
-    return {
-        "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "load_average_1_5_15min_at_start": [round(v, 2) for v in os.getloadavg()],
-        "other_training_processes_at_start": training_processes(),
-        "busy_processes_at_start": busy_processes(),
-    }
+from _machine import busy_processes, machine_start, training_processes  # noqa: E402
 
 
 def machine_end(start: dict) -> dict:
