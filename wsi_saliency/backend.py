@@ -6,7 +6,6 @@ chosen by ``KERAS_BACKEND`` before Keras is imported; TensorFlow is the default.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from wsi_saliency.errors import InputError
@@ -75,17 +74,3 @@ def configure_precision(mode: str, *, device: DeviceInfo | None = None) -> str:
 
 def jit_flag(mode: str):
     return {"auto": "auto", "on": True, "off": False}[mode]
-
-
-def require_gpu(device: DeviceInfo | None = None) -> DeviceInfo:
-    device = device or device_info()
-    if not device.has_gpu:
-        raise InputError(
-            f"a GPU was requested but none is visible ({device.describe()}); install the GPU "
-            "build (pip install 'wsi-saliency[gpu]') or drop --gpu"
-        )
-    return device
-
-
-def quiet() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -270,8 +270,6 @@ def check_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
     from wsi_saliency.outputs.atomic import ensure_writable_dir
 
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"output {out} exists and is not a folder: choose another --out")
     state = _read_state(out) if out.is_dir() else None
     finished = (out / "model.keras").is_file() and (out / "metrics.json").is_file()
     if out.is_dir() and any(out.iterdir()) and not (resume or overwrite):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -47,7 +46,3 @@ def quiet_tensorflow() -> None:
     if not STATE.debug:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-
-
-def echo_err(message: str) -> None:
-    print(message, file=sys.stderr)
