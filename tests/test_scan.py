@@ -71,6 +71,8 @@ def test_scan_writes_every_output_with_frames_and_provenance(slide, tiny_model, 
     folder = tmp_path / "small"
     for name in ("scan.h5", "heatmap.png", "gradcam.png", "tissue.png", "summary.json"):
         assert (folder / name).is_file(), name
+    for name in ("heatmap.tiff", "gradcam.tiff", "regions.geojson", "regions.xml"):
+        assert (folder / name).is_file(), name  # viewer files (tests/test_export.py)
     assert not list(tmp_path.glob(".*partial"))
     with h5py.File(folder / "scan.h5") as f:
         n = f["prob"].shape[0]

@@ -74,3 +74,13 @@ def configure_precision(mode: str, *, device: DeviceInfo | None = None) -> str:
 
 def jit_flag(mode: str):
     return {"auto": "auto", "on": True, "off": False}[mode]
+
+
+def gradcam_jit(mode: str) -> bool:
+    """Whether the Grad-CAM pass is compiled (TensorFlow: XLA; JAX: ``jax.jit``).
+
+    ``auto`` compiles on JAX (uncompiled JAX runs op by op) and on TensorFlow (XLA); PyTorch
+    runs eagerly whatever the mode (``torch.compile`` is not used). Measured per backend in
+    ``benchmarks/bench_backends.py``.
+    """
+    return {"auto": True, "on": True, "off": False}[mode]

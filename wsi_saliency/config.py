@@ -149,6 +149,7 @@ class ScanConfig:
     workers: int = 2  # reading threads, each with its own slide handle
     region: int = 1024  # side of the regions read at once (target px)
     mixed_precision: str = "off"  # off | on (GPU only) | auto
+    jit_compile: str = "auto"  # XLA / jax.jit for the Grad-CAM pass: auto | on | off
     threshold: float = 0.5  # probability above which area is counted as suspicious
     top_k: int = 10  # slide score: mean of the top-k patch probabilities (and the max)
 
@@ -163,6 +164,7 @@ class ScanConfig:
         _check(self.workers >= 0, "scan.workers must be >= 0")
         _check(self.region >= 96, "scan.region must be >= 96 pixels")
         _check(self.mixed_precision in ("auto", "on", "off"), "scan.mixed_precision: auto|on|off")
+        _check(self.jit_compile in ("auto", "on", "off"), "scan.jit_compile: auto|on|off")
         _check(0 <= self.threshold <= 1, "scan.threshold must be in [0, 1]")
         _check(self.top_k >= 1, "scan.top_k must be >= 1")
 

@@ -1,10 +1,12 @@
 """Scan many slides: one output folder per slide, resumable, going on past a bad slide.
 
-``OUT/<slide stem>/`` holds ``scan.h5``, ``heatmap.png``, ``gradcam.png``, ``tissue.png``
-and ``summary.json``. A slide is written into ``OUT/.<stem>.partial/`` and renamed when all
-its files are there, so a folder ``OUT/<stem>/`` is always complete; a rerun skips complete
-slides (unless ``overwrite``) and redoes interrupted ones. ``OUT/cohort.csv`` lists every
-slide with its status (``done``, ``skipped``, ``failed``), score and error.
+``OUT/<slide stem>/`` holds ``scan.h5``, ``heatmap.png``, ``gradcam.png``, ``tissue.png``,
+the viewer files (``heatmap.tiff``, ``gradcam.tiff``, ``regions.geojson``, ``regions.xml``;
+see ``wsi_saliency.outputs.export``) and ``summary.json``. A slide is written into
+``OUT/.<stem>.partial/`` and renamed when all its files are there, so a folder
+``OUT/<stem>/`` is always complete; a rerun skips complete slides (unless ``overwrite``) and
+redoes interrupted ones. ``OUT/cohort.csv`` lists every slide with its status (``done``,
+``skipped``, ``failed``), score and error.
 """
 
 from __future__ import annotations
@@ -35,7 +37,17 @@ SLIDE_SUFFIXES = (
     ".svslide",
     ".dcm",
 )
-SLIDE_FILES = ("scan.h5", "heatmap.png", "gradcam.png", "tissue.png", "summary.json")
+SLIDE_FILES = (
+    "scan.h5",
+    "heatmap.png",
+    "gradcam.png",
+    "tissue.png",
+    "heatmap.tiff",
+    "gradcam.tiff",
+    "regions.geojson",
+    "regions.xml",
+    "summary.json",
+)
 
 
 def expand_slides(items: Iterable[str]) -> list[Path]:
@@ -94,6 +106,7 @@ def write_slide_outputs(
     """Write all files of one slide into ``folder`` (created); ``summary.json`` last."""
     from dataclasses import asdict
 
+    from wsi_saliency.outputs.export import SlideMaps, write_exports
     from wsi_saliency.outputs.h5 import write_scan_h5
     from wsi_saliency.outputs.overlays import write_heatmap_png, write_tissue_png
 
@@ -138,6 +151,7 @@ def write_slide_outputs(
         result.thumbnail_downsample,
         title=f"{name}: tissue ({result.n_scored} patches scored)",
     )
+    write_exports(folder, SlideMaps.from_result(result))
     summary = {
         **result.summary(),
         "model": str(model_path),
@@ -213,14 +227,7 @@ def scan_cohort(
 
         policy = configure_precision(cfg.mixed_precision)
     model, card = load_model(model_path, dtype_policy=policy)
-    scorer = PatchScorer(
-        model,
-        card,
-        gradcam=cfg.gradcam,
-        layer=cfg.gradcam_layer,
-        tta=cfg.tta,
-        batch_size=max(1, cfg.batch_size // 8) if cfg.tta else cfg.batch_size,
-    )
+    scorer = PatchScorer.from_config(model, card, cfg)
     versions = software_versions()
     rows: list[CohortRow] = []
     bar = tqdm(slides, desc="slides", unit="slide", disable=not progress or len(slides) < 2)

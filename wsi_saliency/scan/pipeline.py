@@ -136,6 +136,7 @@ class PatchScorer:
         layer: str | None = None,
         tta: bool = False,
         batch_size: int | None = None,
+        jit: bool = True,
     ):
         from wsi_saliency.model.gradcam import GradCam
 
@@ -145,8 +146,23 @@ class PatchScorer:
         # shape, and a slide's last, partial batch would otherwise compile a second time.
         self.batch_size = batch_size
         self.layer = layer or card.gradcam_layer
-        self.gradcam = GradCam(model, self.layer, card.logit_layer) if gradcam else None
+        self.gradcam = GradCam(model, self.layer, card.logit_layer, jit=jit) if gradcam else None
         self.map_shape = self.gradcam.map_shape if self.gradcam else (0, 0)
+
+    @classmethod
+    def from_config(cls, model, card, cfg: ScanConfig) -> PatchScorer:
+        """The scorer ``scan_slide`` uses for ``cfg`` (TTA runs batches of 8 x batch_size / 8)."""
+        from wsi_saliency.backend import gradcam_jit
+
+        return cls(
+            model,
+            card,
+            gradcam=cfg.gradcam,
+            layer=cfg.gradcam_layer,
+            tta=cfg.tta,
+            batch_size=max(1, cfg.batch_size // 8) if cfg.tta else cfg.batch_size,
+            jit=gradcam_jit(cfg.jit_compile),
+        )
 
     def _once(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         n = len(x)
@@ -200,14 +216,7 @@ def scan_slide(
     timings: dict[str, float] = {}
     notes: list[str] = []
     batch_size = max(1, cfg.batch_size // 8) if cfg.tta else cfg.batch_size
-    scorer = scorer or PatchScorer(
-        model,
-        card,
-        gradcam=cfg.gradcam,
-        layer=cfg.gradcam_layer,
-        tta=cfg.tta,
-        batch_size=batch_size,
-    )
+    scorer = scorer or PatchScorer.from_config(model, card, cfg)
     patch = int(card.patch_size)
     stride = int(cfg.stride or patch)
 
