@@ -33,7 +33,9 @@ def gradcam_scale(heatmap: np.ndarray) -> ColourScale:
     """Grad-CAM's slide-wide scale: 0 to the 99.5th percentile of the scored cells."""
     finite = heatmap[np.isfinite(heatmap)]
     vmax = float(np.percentile(finite, 99.5)) if finite.size else 1.0
-    return ColourScale("inferno", 0.0, vmax if vmax > 0.0 else 1e-6, "Grad-CAM (raw)")
+    return ColourScale(
+        "inferno", 0.0, vmax if vmax > 0.0 else 1e-6, "Grad-CAM (raw, 0 to 99.5th pct)"
+    )
 
 
 def colourise(heatmap: np.ndarray, scale: ColourScale, *, alpha: float = 1.0) -> np.ndarray:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from wsi_saliency.outputs.atomic import atomic_path
+from wsi_saliency.outputs.colour import ColourScale
 
 
 def heatmap_on_grid(
@@ -56,24 +57,25 @@ def write_heatmap_png(
     l0_per_cell: float,
     *,
     title: str,
-    label: str,
-    vmin: float = 0.0,
-    vmax: float | None = None,
-    cmap: str = "jet",
+    scale: ColourScale,
     alpha: float = 0.45,
 ) -> Path:
-    """The overview with ``heatmap`` blended over it and a colour bar labelled ``label``."""
+    """The overview with ``heatmap`` blended over it on ``scale`` and a colour bar (the same
+    colours as the TIFFs and the review page)."""
     values = heatmap_on_grid(heatmap, l0_per_cell, overview.shape[:2], overview_l0_per_px)
-    if vmax is None:
-        finite = values[np.isfinite(values)]
-        vmax = float(np.percentile(finite, 99.5)) if finite.size else 1.0
-        vmax = vmax if vmax > vmin else vmin + 1e-6
     fig, ax, plt = _figure(overview, title)
     masked = np.ma.masked_invalid(values)
-    im = ax.imshow(masked, cmap=cmap, vmin=vmin, vmax=vmax, alpha=alpha, interpolation="nearest")
+    im = ax.imshow(
+        masked,
+        cmap=scale.cmap,
+        vmin=scale.vmin,
+        vmax=scale.vmax,
+        alpha=alpha,
+        interpolation="nearest",
+    )
     bar = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
     bar.solids.set_alpha(1.0)
-    bar.set_label(label, fontsize=8)
+    bar.set_label(scale.label, fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

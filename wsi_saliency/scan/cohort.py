@@ -106,6 +106,7 @@ def write_slide_outputs(
     """Write all files of one slide into ``folder`` (created); ``summary.json`` last."""
     from dataclasses import asdict
 
+    from wsi_saliency.outputs.colour import PROBABILITY_SCALE, gradcam_scale
     from wsi_saliency.outputs.export import SlideMaps, write_exports
     from wsi_saliency.outputs.h5 import write_scan_h5
     from wsi_saliency.outputs.overlays import write_heatmap_png, write_tissue_png
@@ -128,9 +129,7 @@ def write_slide_outputs(
         result.heatmap_prob,
         result.heatmap_prob_downsample,
         title=f"{name}: P(metastasis), max {result.score_max():.3f}",
-        label="P(metastasis)",
-        vmin=0.0,
-        vmax=1.0,
+        scale=PROBABILITY_SCALE,
     )
     write_heatmap_png(
         folder / "gradcam.png",
@@ -139,8 +138,7 @@ def write_slide_outputs(
         result.heatmap_gradcam,
         result.heatmap_gradcam_downsample,
         title=f"{name}: Grad-CAM at {card.gradcam_layer} (one scale for the slide)",
-        label="Grad-CAM (raw, 0 to 99.5th percentile)",
-        cmap="inferno",
+        scale=gradcam_scale(result.heatmap_gradcam),
         alpha=0.55,
     )
     write_tissue_png(
