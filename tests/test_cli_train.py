@@ -176,3 +176,30 @@ def test_info_reports_backend():
 
     result = runner.invoke(app, ["info"])
     assert result.exit_code == 0 and f"backend {keras.backend.backend()}" in result.output
+
+
+def test_device_gpu_without_gpu_is_one_line(monkeypatch):
+    from wsi_saliency.backend import DeviceInfo
+
+    monkeypatch.setattr(
+        "wsi_saliency.backend.device_info", lambda: DeviceInfo("tensorflow", "2.x", ())
+    )
+    result = runner.invoke(app, ["--device", "gpu", "info"])
+    assert result.exit_code == 2
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert lines[-1].startswith("error: --device gpu was asked for but the tensorflow backend")
+    assert "Traceback" not in result.output
+
+
+def test_device_gpu_with_gpu_runs(monkeypatch):
+    from wsi_saliency.backend import DeviceInfo
+
+    gpu = DeviceInfo("tensorflow", "2.x", ("/physical_device:GPU:0",))
+    monkeypatch.setattr("wsi_saliency.backend.device_info", lambda: gpu)
+    result = runner.invoke(app, ["--device", "gpu", "info"])
+    assert result.exit_code == 0 and "GPU:0" in result.output
+
+
+def test_device_must_be_known():
+    result = runner.invoke(app, ["--device", "xpu", "info"])
+    assert result.exit_code == 2 and "--device must be auto, cpu or gpu" in result.output

@@ -54,6 +54,25 @@ def device_info() -> DeviceInfo:
     return DeviceInfo(name, "?", ())
 
 
+GPU_INSTALL = {
+    "tensorflow": "pip install -e '.[gpu]'",
+    "jax": "pip install -U 'jax[cuda12]'",
+    "torch": "a CUDA build of torch from pytorch.org",
+}
+
+
+def require_gpu(device: DeviceInfo | None = None) -> DeviceInfo:
+    """``device_info()``, or ``InputError`` in one line when the backend sees no GPU."""
+    device = device or device_info()
+    if not device.has_gpu:
+        raise InputError(
+            f"--device gpu was asked for but the {device.backend} backend sees no GPU "
+            f"({device.describe()}): install its GPU build ({GPU_INSTALL.get(device.backend, '?')})"
+            " and check nvidia-smi, or use --device auto"
+        )
+    return device
+
+
 def configure_precision(mode: str, *, device: DeviceInfo | None = None) -> str:
     """Set Keras' global dtype policy: ``auto`` uses mixed precision only on a GPU.
 

@@ -14,6 +14,7 @@ from wsi_saliency.errors import WsiSaliencyError
 @dataclass
 class _State:
     debug: bool = False
+    device: str = "auto"  # auto | cpu | gpu (the root --device option)
 
 
 STATE = _State()
@@ -39,10 +40,19 @@ def cli_errors() -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
-def quiet_tensorflow() -> None:
-    """Silence TensorFlow's C++ start-up chatter unless the user asked for --debug."""
+def prepare_backend() -> None:
+    """Call before Keras is imported: TensorFlow stays quiet (unless --debug), TensorFlow is
+    the default backend, and ``--device`` is applied: ``cpu`` hides the GPUs from every
+    backend, ``gpu`` fails with one line when the backend sees none."""
     import os
 
     if not STATE.debug:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    if STATE.device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
+        os.environ["JAX_PLATFORMS"] = "cpu"
+    elif STATE.device == "gpu":
+        from wsi_saliency.backend import require_gpu
+
+        require_gpu()

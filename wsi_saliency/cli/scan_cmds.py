@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from wsi_saliency.cli._common import STATE, cli_errors, quiet_tensorflow
+from wsi_saliency.cli._common import STATE, cli_errors, prepare_backend
 from wsi_saliency.errors import InputError
 
 
@@ -96,7 +96,7 @@ def scan_command(
         from wsi_saliency.outputs.atomic import ensure_writable_dir
 
         ensure_writable_dir(out)
-        quiet_tensorflow()
+        prepare_backend()
         from wsi_saliency.scan.cohort import scan_cohort
 
         rows = scan_cohort(
@@ -133,7 +133,7 @@ def demo_command(
     """Train the sample model (or reuse it), scan the sample slide, and report how well the
     heatmap finds the planted lesions."""
     with cli_errors():
-        quiet_tensorflow()
+        prepare_backend()
         from wsi_saliency.demo import run_demo
 
         report = run_demo(out, retrain=retrain, log=lambda m: typer.echo(m, err=True))

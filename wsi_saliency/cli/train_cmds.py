@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from wsi_saliency.cli._common import cli_errors, quiet_tensorflow
+from wsi_saliency.cli._common import cli_errors, prepare_backend
 from wsi_saliency.errors import InputError
 
 
@@ -79,7 +79,7 @@ def train_command(
             import shutil
 
             shutil.rmtree(out)
-        quiet_tensorflow()
+        prepare_backend()
         from wsi_saliency.training import train
 
         result = train(cfg, out, resume=resume, log=lambda m: typer.echo(m, err=True))
@@ -120,7 +120,7 @@ def evaluate_command(
         card = read_card(model)  # fails fast, before TensorFlow is imported
         if not Path(data).exists():
             raise InputError(f"data {data} does not exist: pass a PCam folder or image-folder root")
-        quiet_tensorflow()
+        prepare_backend()
         from wsi_saliency.data.folders import ensure_pcam
         from wsi_saliency.data.pcam import open_pcam
         from wsi_saliency.evaluation import evaluate_split, write_metrics_json, write_roc_png
@@ -164,7 +164,7 @@ def evaluate_command(
 def info_command() -> None:
     """Print the version, the Keras backend and the devices it sees."""
     with cli_errors():
-        quiet_tensorflow()
+        prepare_backend()
         from wsi_saliency import __version__
         from wsi_saliency.backend import device_info
 
