@@ -131,6 +131,14 @@ class TrainConfig:
             _check(value is None or value >= 1, f"train.{name} must be >= 1 or null")
 
 
+def default_workers() -> int:
+    """Reading threads when ``scan.workers`` is null: one per usable core, at most 16."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(16, cores or 1))
+
+
 @dataclass(frozen=True)
 class ScanConfig:
     """How slides are scanned. Sizes are in pixels of the model's resolution (target plane)."""
@@ -146,7 +154,9 @@ class ScanConfig:
     gradcam_cells: int = 12  # Grad-CAM heatmap cells per patch side
     gradcam_centre_weighted: bool = False  # Gaussian weights when overlapping maps are averaged
     tta: bool = False  # 8-fold dihedral test-time augmentation (8x the compute)
-    workers: int = 2  # reading threads, each with its own slide handle
+    workers: int | None = (
+        None  # reading threads (own slide handle each); null = one per core, <= 16
+    )
     region: int = 1024  # side of the regions read at once (target px)
     mixed_precision: str = "off"  # off | on (GPU only) | auto
     jit_compile: str = "auto"  # XLA / jax.jit for the Grad-CAM pass: auto | on | off
@@ -161,7 +171,7 @@ class ScanConfig:
         _check(self.slide_mpp is None or self.slide_mpp > 0, "--slide-mpp must be > 0 microns")
         _check(0 <= self.mpp_tolerance < 0.5, "scan.mpp_tolerance must be in [0, 0.5)")
         _check(2 <= self.gradcam_cells <= 96, "scan.gradcam_cells must be in [2, 96]")
-        _check(self.workers >= 0, "scan.workers must be >= 0")
+        _check(self.workers is None or self.workers >= 0, "scan.workers must be >= 0 or null")
         _check(self.region >= 96, "scan.region must be >= 96 pixels")
         _check(self.mixed_precision in ("auto", "on", "off"), "scan.mixed_precision: auto|on|off")
         _check(self.jit_compile in ("auto", "on", "off"), "scan.jit_compile: auto|on|off")

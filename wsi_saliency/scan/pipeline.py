@@ -11,13 +11,13 @@ Nothing here writes files (see ``wsi_saliency.outputs``); everything runs from a
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from wsi_saliency.config import ScanConfig
+from wsi_saliency.config import ScanConfig, default_workers
 from wsi_saliency.errors import InputError
 from wsi_saliency.evaluation import dihedral
 
@@ -101,6 +101,7 @@ class SlideResult:
             "target_mpp": self.target_mpp,
             "read_level": int(self.plan.level),
             "resolution": self.plan.describe(),
+            "reading_workers": self.config.workers,
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
             "patches_per_s": round(self.n_scored / total, 1) if total else None,
             "model_patches_per_s": (
@@ -213,6 +214,8 @@ def scan_slide(
 
     path = Path(path)
     t_start = time.perf_counter()
+    if cfg.workers is None:
+        cfg = replace(cfg, workers=default_workers())
     timings: dict[str, float] = {}
     notes: list[str] = []
     batch_size = max(1, cfg.batch_size // 8) if cfg.tta else cfg.batch_size
@@ -339,8 +342,9 @@ def scan_slide(
     )
 
 
-def _thumbnail_from_overview(overview: np.ndarray, l0_size: tuple[int, int], l0_mpp: float,
-                             thumb_mpp: float):
+def _thumbnail_from_overview(
+    overview: np.ndarray, l0_size: tuple[int, int], l0_mpp: float, thumb_mpp: float
+):
     """A ``Thumbnail`` at about ``thumb_mpp`` area-averaged from the overview, or None when
     the overview is coarser than that."""
     from PIL import Image
