@@ -33,23 +33,34 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    device: str = typer.Option(
+        "auto",
+        "--device",
+        help="auto (a GPU when the backend sees one) | cpu (hide GPUs) | gpu (fail without one).",
+    ),
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
 ) -> None:
     _common.STATE.debug = debug
+    if device not in ("auto", "cpu", "gpu"):
+        typer.echo(f"error: --device must be auto, cpu or gpu, not {device!r}", err=True)
+        raise typer.Exit(2)
+    _common.STATE.device = device
 
 
 def _register_all() -> None:
-    from wsi_saliency.cli import data_cmds, train_cmds
+    from wsi_saliency.cli import (
+        data_cmds,
+        export_cmds,
+        review_cmds,
+        scan_cmds,
+        slide_eval_cmds,
+        train_cmds,
+    )
 
-    for module in (data_cmds, train_cmds):
+    for module in (data_cmds, train_cmds, scan_cmds, export_cmds, review_cmds, slide_eval_cmds):
         module.register(app)
-    try:  # scanning commands arrive with the scan module
-        from wsi_saliency.cli import scan_cmds
-    except ImportError:  # pragma: no cover - only while scan is being built
-        return
-    scan_cmds.register(app)
 
 
 _register_all()
