@@ -61,3 +61,40 @@ def machine_start() -> dict:
         "other_training_processes_at_start": training_processes(),
         "busy_processes_at_start": busy_processes(),
     }
+
+
+def machine_end(start: dict, versions: dict) -> dict:
+    """The machine, the load at ``start`` (``machine_start()``) and now, what else ran, and
+    ``versions`` (each benchmark names the libraries it measured)."""
+    import platform
+
+    end_procs = training_processes()
+    busy_at_end = busy_processes()
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        **start,
+        "load_average_1_5_15min_at_end": [round(v, 2) for v in os.getloadavg()],
+        "other_training_processes_at_end": end_procs,
+        "busy_processes_at_end": busy_at_end,
+        "contended": bool(
+            start["other_training_processes_at_start"]
+            or end_procs
+            or start["busy_processes_at_start"]
+            or busy_at_end
+        ),
+        "python": platform.python_version(),
+        **versions,
+    }
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """``data`` as indented JSON at ``path``, written to a temporary name and renamed."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -51,7 +50,8 @@ ODD_BATCH = 37  # a batch size the scorer has not seen: what a slide's last part
 
 # ---------------------------------------------------------------- machine
 
-from _machine import busy_processes, machine_start, training_processes  # noqa: E402
+from _machine import machine_end as _machine_end  # noqa: E402
+from _machine import machine_start, write_json_atomic  # noqa: E402
 
 
 def machine_end(start: dict) -> dict:
@@ -60,42 +60,21 @@ def machine_end(start: dict) -> dict:
     import PIL
     import tensorflow as tf
 
-    end_procs = training_processes()
-    busy_at_end = busy_processes()
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        **start,
-        "load_average_1_5_15min_at_end": [round(v, 2) for v in os.getloadavg()],
-        "other_training_processes_at_end": end_procs,
-        "busy_processes_at_end": busy_at_end,
-        "contended": bool(
-            start["other_training_processes_at_start"]
-            or end_procs
-            or start["busy_processes_at_start"]
-            or busy_at_end
-        ),
-        "python": platform.python_version(),
-        "keras": keras.__version__,
-        "keras_backend": keras.backend.backend(),
-        "tensorflow": tf.__version__,
-        "numpy": np.__version__,
-        "openslide": openslide.__library_version__,
-        "openslide_python": openslide.__version__,
-        "pillow": PIL.__version__,
-        "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
-        "tf_inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
-        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
-    }
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    return _machine_end(
+        start,
+        {
+            "keras": keras.__version__,
+            "keras_backend": keras.backend.backend(),
+            "tensorflow": tf.__version__,
+            "numpy": np.__version__,
+            "openslide": openslide.__library_version__,
+            "openslide_python": openslide.__version__,
+            "pillow": PIL.__version__,
+            "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+            "tf_inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+            "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+        },
+    )
 
 
 # ---------------------------------------------------------------- model
@@ -145,14 +124,14 @@ def saved_model(backbone: str, folder: Path):
     )
 
 
-def model_alone(model, card, patches: np.ndarray, repeat: int) -> dict:
+def model_alone(model, card, patches: np.ndarray, repeat: int, *, jit: bool = True) -> dict:
     """Grad-CAM and predict on one fixed in-memory batch of 64, repeated after a warm-up."""
     from wsi_saliency.model.gradcam import GradCam
 
     x = np.ascontiguousarray(patches[:BATCH])
     assert x.shape == (BATCH, PATCH, PATCH, 3), x.shape
     out = {"batch": BATCH, "repeat": repeat}
-    cam = GradCam(model, card.gradcam_layer, card.logit_layer)
+    cam = GradCam(model, card.gradcam_layer, card.logit_layer, jit=jit)
     t0 = time.perf_counter()
     cam(x)
     out["gradcam_first_call_s"] = round(time.perf_counter() - t0, 3)

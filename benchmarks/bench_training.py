@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -58,7 +57,8 @@ SIMULATED_STEPS_S = (0.02,)
 
 # ---------------------------------------------------------------- machine
 
-from _machine import busy_processes, machine_start, training_processes  # noqa: E402
+from _machine import machine_end as _machine_end  # noqa: E402
+from _machine import machine_start, write_json_atomic  # noqa: E402
 
 
 def machine_end(start: dict) -> dict:
@@ -66,40 +66,19 @@ def machine_end(start: dict) -> dict:
     import keras
     import tensorflow as tf
 
-    end_procs = training_processes()
-    busy_at_end = busy_processes()
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        **start,
-        "load_average_1_5_15min_at_end": [round(v, 2) for v in os.getloadavg()],
-        "other_training_processes_at_end": end_procs,
-        "busy_processes_at_end": busy_at_end,
-        "contended": bool(
-            start["other_training_processes_at_start"]
-            or end_procs
-            or start["busy_processes_at_start"]
-            or busy_at_end
-        ),
-        "python": platform.python_version(),
-        "keras": keras.__version__,
-        "keras_backend": keras.backend.backend(),
-        "tensorflow": tf.__version__,
-        "numpy": np.__version__,
-        "h5py": h5py.__version__,
-        "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
-        "tf_inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
-        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
-    }
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    return _machine_end(
+        start,
+        {
+            "keras": keras.__version__,
+            "keras_backend": keras.backend.backend(),
+            "tensorflow": tf.__version__,
+            "numpy": np.__version__,
+            "h5py": h5py.__version__,
+            "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+            "tf_inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+            "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+        },
+    )
 
 
 # ---------------------------------------------------------------- data
@@ -236,9 +215,10 @@ def sample_batches(folder: Path, count: int) -> list[tuple[np.ndarray, np.ndarra
 # ---------------------------------------------------------------- model
 
 
-def build_training_model(backbone: str):
+def build_training_model(backbone: str, jit_compile: str | None = None):
     """The wrapper ``training.train`` fits: augmentation -> model, compiled the same way
-    (one 'full' phase, since ``weights="none"``: every layer and BatchNorm trainable)."""
+    (one 'full' phase, since ``weights="none"``: every layer and BatchNorm trainable).
+    ``jit_compile``: auto | on | off (default: ``TrainConfig``'s)."""
     import keras
 
     from wsi_saliency.backend import configure_precision, jit_flag
@@ -246,7 +226,7 @@ def build_training_model(backbone: str):
     from wsi_saliency.model.build import build_model, set_trainable
     from wsi_saliency.training import make_augmenter
 
-    train_cfg = TrainConfig()
+    train_cfg = TrainConfig(**({"jit_compile": jit_compile} if jit_compile else {}))
     policy = configure_precision(train_cfg.mixed_precision)
     keras.utils.set_random_seed(0)
     kwargs = {"alpha": MOBILENET_ALPHA} if backbone == "mobilenetv2" else {}

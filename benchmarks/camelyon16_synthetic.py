@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -48,7 +47,8 @@ JSONS = SHARED / "camelyon16-ncrf" / "jsons"
 RESULT = REPO / "benchmarks" / "results" / "camelyon16_synthetic.json"
 DOCS = REPO / "docs"
 
-from _machine import busy_processes, machine_start, training_processes  # noqa: E402
+from _machine import machine_end as _machine_end  # noqa: E402
+from _machine import machine_start  # noqa: E402
 
 # name, level-0 mpp, level-0 (width, height), Camelyon16 annotation files of its lesions
 SLIDES: list[tuple[str, float, tuple[int, int], list[str]]] = [
@@ -204,28 +204,10 @@ def machine_end(start: dict) -> dict:
     import keras
     import tensorflow as tf
 
-    end_procs = training_processes()
-    busy_at_end = busy_processes()
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        **start,
-        "load_average_1_5_15min_at_end": [round(v, 2) for v in os.getloadavg()],
-        "other_training_processes_at_end": end_procs,
-        "busy_processes_at_end": busy_at_end,
-        "contended": bool(
-            start["other_training_processes_at_start"]
-            or end_procs
-            or start["busy_processes_at_start"]
-            or busy_at_end
-        ),
-        "python": platform.python_version(),
-        "keras": keras.__version__,
-        "tensorflow": tf.__version__,
-        "numpy": np.__version__,
-    }
+    return _machine_end(
+        start,
+        {"keras": keras.__version__, "tensorflow": tf.__version__, "numpy": np.__version__},
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

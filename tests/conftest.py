@@ -28,3 +28,21 @@ def cmu_slide(shared_data: Path) -> Path:
     if not path.is_file():
         pytest.skip(f"{path} is missing")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """An untrained ``tiny`` model saved with its card (PCam's 96 px at 0.972 um/px)."""
+    from wsi_saliency.config import ModelConfig
+    from wsi_saliency.model.build import build_model
+    from wsi_saliency.model.io import ModelCard, save_model
+
+    model = build_model(ModelConfig(backbone="tiny", weights="none"))
+    card = ModelCard(
+        backbone="tiny",
+        patch_size=96,
+        patch_mpp=0.972,
+        gradcam_layer="tiny_stage4_out",
+        preprocess="unit",
+    )
+    return save_model(model, card, tmp_path_factory.mktemp("model") / "model.keras")

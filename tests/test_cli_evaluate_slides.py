@@ -5,30 +5,12 @@ import csv
 import json
 
 import numpy as np
-import pytest
 from typer.testing import CliRunner
 
 from wsi_saliency.cli import app
-from wsi_saliency.config import ModelConfig
 
 runner = CliRunner()
 MPP = 0.486
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from wsi_saliency.model.build import build_model
-    from wsi_saliency.model.io import ModelCard, save_model
-
-    model = build_model(ModelConfig(backbone="tiny", weights="none"))
-    card = ModelCard(
-        backbone="tiny",
-        patch_size=96,
-        patch_mpp=0.972,
-        gradcam_layer="tiny_stage4_out",
-        preprocess="unit",
-    )
-    return save_model(model, card, tmp_path_factory.mktemp("model") / "model.keras")
 
 
 def _slide(folder, name, lesions, seed):

@@ -11,28 +11,11 @@ import tifffile
 from typer.testing import CliRunner
 
 from wsi_saliency.cli import app
-from wsi_saliency.config import ModelConfig
 from wsi_saliency.evaluation import dihedral
 from wsi_saliency.scan.pipeline import undo_dihedral
 
 runner = CliRunner()
 MPP = 0.486  # level-0 microns per pixel of the test slides: 2 level-0 px per model px
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from wsi_saliency.model.build import build_model
-    from wsi_saliency.model.io import ModelCard, save_model
-
-    model = build_model(ModelConfig(backbone="tiny", weights="none"))
-    card = ModelCard(
-        backbone="tiny",
-        patch_size=96,
-        patch_mpp=0.972,
-        gradcam_layer="tiny_stage4_out",
-        preprocess="unit",
-    )
-    return save_model(model, card, tmp_path_factory.mktemp("model") / "model.keras")
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,7 @@ from wsi_saliency.outputs.colour import (
     gradcam_scale,
 )
 from wsi_saliency.review import deepzoom, layers
+from wsi_saliency.scan.cohort import SLIDE_FILES
 
 ASSETS = "review"  # folder beside review.html
 OVERVIEW_MAX = 2048
@@ -354,17 +355,7 @@ def _write_page(page: Path, data: dict, summary: dict, index_href: str, static_h
     facts_html = "".join(
         f"<span class=fact><b>{html.escape(k)}</b> {html.escape(v)}</span>" for k, v in facts
     )
-    files = [
-        "heatmap.png",
-        "gradcam.png",
-        "tissue.png",
-        "heatmap.tiff",
-        "gradcam.tiff",
-        "regions.geojson",
-        "regions.xml",
-        "summary.json",
-        "scan.h5",
-    ]
+    files = [*SLIDE_FILES[1:], SLIDE_FILES[0]]  # scan.h5, the largest, last
     links = " ".join(
         f'<a href="{quote(f)}">{html.escape(f)}</a>' for f in files if (page.parent / f).exists()
     )
