@@ -296,3 +296,34 @@ def test_unreadable_scan_h5_is_a_data_error(tmp_path):
     (folder / "scan.h5").write_text("not hdf5")
     result = runner.invoke(app, ["export", str(folder)])
     assert result.exit_code == 2 and "not a readable scan.h5" in result.output
+
+
+@pytest.mark.realdata
+def test_real_aperio_scan_exports_open_and_validate(cmu_slide, tiny_model, tmp_path):
+    """CMU-1-Small-Region.svs scanned for real: the TIFFs open in OpenSlide at the slide's
+    physical scale, and the regions (at the median probability, so there are some) and one
+    feature per patch are valid GeoJSON inside the slide's bounds."""
+    openslide = pytest.importorskip("openslide")
+    out = tmp_path / "out"
+    args = ["scan", str(cmu_slide), "--model", str(tiny_model), "--out", str(out), "-q"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    folder = out / cmu_slide.stem
+    with openslide.OpenSlide(cmu_slide) as s:
+        dims, slide_mpp = s.dimensions, float(s.properties["openslide.mpp-x"])
+    from wsi_saliency.outputs.h5 import read_scan_h5
+
+    scan = read_scan_h5(folder / "scan.h5")
+    median = float(np.median(scan["prob"]))
+    result = runner.invoke(app, ["export", str(folder), "--threshold", str(median), "--patches"])
+    assert result.exit_code == 0, result.output
+    for name, key in (("heatmap.tiff", "heatmap_prob"), ("gradcam.tiff", "heatmap_gradcam")):
+        with openslide.OpenSlide(folder / name) as tif:
+            assert tif.properties["openslide.vendor"] == "generic-tiff"
+            extent_um = tif.dimensions[0] * float(tif.properties["openslide.mpp-x"])
+            cells = scan[key].shape[1] * float(scan[f"{key}_downsample"])
+            assert extent_um == pytest.approx(cells * slide_mpp, rel=1e-6)
+    doc = json.loads((folder / "regions.geojson").read_text())
+    validate_geojson(doc, dims)
+    kinds = [f["properties"]["objectType"] for f in doc["features"]]
+    assert kinds.count("detection") == len(scan["prob"]) and kinds.count("annotation") >= 1
