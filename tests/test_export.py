@@ -85,7 +85,23 @@ def _expected_mask(hm, threshold, sub=2):
 
 
 def validate_geojson(doc, bounds):
-    """RFC 7946 structure for Polygon features, QuPath's properties and the slide's bounds."""
+    """RFC 7946 structure for Polygon features, QuPath's properties and the slide's bounds;
+    also validated by geojson-pydantic (RFC 7946 models) and shapely (OGC-valid polygons)
+    where they are installed (the ``dev`` extra)."""
+    try:
+        from geojson_pydantic import FeatureCollection
+    except ImportError:
+        pass
+    else:
+        FeatureCollection.model_validate(doc)
+    try:
+        from shapely.geometry import shape
+    except ImportError:
+        pass
+    else:
+        for f in doc["features"]:
+            polygon = shape(f["geometry"])
+            assert polygon.is_valid and polygon.area > 0, f["properties"]
     assert doc["type"] == "FeatureCollection" and isinstance(doc["features"], list)
     assert "crs" not in doc  # removed in RFC 7946
     json.dumps(doc, allow_nan=False)  # no NaN/inf: valid JSON
