@@ -80,6 +80,30 @@ def test_augmenter_has_the_study_transforms_and_is_identity_at_inference():
     assert not np.allclose(np.asarray(aug(x, training=True)), x)
 
 
+def test_jax_train_step_with_augmentation_is_compiled():
+    """Keras runs a model holding its geometric augmentation layers uncompiled (they say
+    supports_jit=False for TensorFlow's sake); on JAX that is op-by-op execution, so the
+    augmenter declares them compilable there, and the seeds still advance at every step."""
+    import keras
+
+    from wsi_saliency.config import AugmentConfig
+
+    aug = make_augmenter(AugmentConfig(), seed=0)
+    inputs = keras.Input((96, 96, 3))
+    head = keras.layers.Dense(1, activation="sigmoid")
+    wrapper = keras.Model(inputs, head(keras.layers.GlobalAveragePooling2D()(aug(inputs))))
+    wrapper.compile(optimizer="adam", loss="binary_crossentropy", jit_compile="auto")
+    if keras.backend.backend() != "jax":
+        pytest.skip("JAX only (CI runs this file on JAX too)")
+    assert wrapper.jit_compile is True
+    states = [layer.generator.state for layer in aug.layers if hasattr(layer, "generator")]
+    before = [keras.ops.convert_to_numpy(s).copy() for s in states]
+    x = np.random.default_rng(0).uniform(0, 255, (4, 96, 96, 3)).astype("float32")
+    wrapper.train_on_batch(x, np.array([0, 1, 0, 1], "float32"))
+    after = [keras.ops.convert_to_numpy(s) for s in states]
+    assert len(states) == 4 and all((a != b).any() for a, b in zip(before, after))
+
+
 def test_train_writes_a_complete_run_folder(blob_data, tmp_path):
     out = tmp_path / "run"
     result = train(_cfg(blob_data), out, log=lambda m: None)

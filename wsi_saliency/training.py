@@ -145,6 +145,14 @@ def make_augmenter(cfg: AugmentConfig, seed: int):
                 name="aug_color",
             )
         )
+    if keras.backend.backend() == "jax":
+        # Keras marks its geometric augmentation layers supports_jit=False because TensorFlow's
+        # XLA cannot compile their ImageProjectiveTransformV3; Keras then runs the whole train
+        # step of a model holding them uncompiled. Their JAX implementation (keras.ops and
+        # stateless seeds carried as variables) compiles, and an uncompiled JAX train step
+        # runs op by op: measured in benchmarks/bench_backends.py.
+        for layer in steps:
+            layer.supports_jit = True
     return keras.Sequential(steps, name="augment")
 
 
