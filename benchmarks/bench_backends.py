@@ -4,9 +4,15 @@ machine, and the compiled step (XLA / ``jax.jit`` / ``torch.compile``) against t
 Configurations (each in its own child process: the backend is fixed when Keras is imported):
 
 - ``tensorflow`` with ``jit_compile`` off and on (XLA), for the train step and for Grad-CAM;
-- ``jax`` (Keras' JAX trainer and our Grad-CAM are always ``jax.jit``-compiled: uncompiled JAX
-  runs op by op and is not a setting anyone would use);
+- ``jax`` (Keras' JAX trainer and our Grad-CAM compiled with ``jax.jit``);
 - ``torch`` with ``jit_compile`` off (eager) and, for the train step, on (``torch.compile``).
+
+Whether Keras really compiled a train step is recorded (``jit_compiled``): it refuses for a
+model holding layers with ``supports_jit=False``, which Keras' geometric augmentation layers
+say (TensorFlow's XLA cannot compile their ``ImageProjectiveTransformV3``). So on TensorFlow and
+PyTorch the "jit on" train step runs as "jit off"; on JAX ``training.make_augmenter`` declares
+them compilable (their JAX code is), and ``results/backends-jax-train-uncompiled.json`` is the
+run from before that fix.
 
 Each configuration measures, with models built ``weights="none"`` (the weights do not change
 the cost) and real batches of ``sample_data/pcam``:
