@@ -63,7 +63,7 @@ def run_demo(out: str | Path, *, retrain: bool = False, log: Callable[[str], Non
     """Run the whole demo into ``out``; returns a short report."""
     from wsi_saliency.config import load_config
     from wsi_saliency.data.annotations import read_asap_xml
-    from wsi_saliency.scan.cohort import scan_cohort
+    from wsi_saliency.scan.cohort import SLIDE_FILES, scan_cohort
     from wsi_saliency.training import train
 
     out = Path(out)
@@ -102,5 +102,5 @@ def run_demo(out: str | Path, *, retrain: bool = False, log: Callable[[str], Non
     return (
         f"sample slide: heatmap cell AUC against the planted lesions {check['cell_auc']:.3f}, "
         f"best alignment shift {check['best_shift_cells']} cells; outputs in {folder} "
-        "(heatmap.png, gradcam.png, tissue.png, scan.h5, summary.json)"
+        f"({', '.join(SLIDE_FILES)}); look at them with `wsi-saliency review {scans}`"
     )
