@@ -28,10 +28,12 @@ cp /tmp/run_resnet50/logs/history.csv "$OUT/train_history.csv"
 #    read from a level at the model's 0.972 um/px (as Camelyon16's level 2) and resampled x2
 #    from a 0.486 um/px level 0; mixed precision off and auto (on with the GPU).
 for mpp in 0.972 0.486; do
+  slide=()
   for mp in off auto; do
     python3 benchmarks/bench_scan_large.py --size 24000x19200 --mpp $mpp --workers 16 \
-        --batch-size 256 --region 1024 --model /tmp/run_resnet50/model.keras \
+        --batch-size 256 --region 1024 --model /tmp/run_resnet50/model.keras "${slide[@]}" \
         --mixed-precision $mp --json "$OUT/scan_large_resnet50_mpp${mpp}_mp${mp}.json" \
         2>&1 | grep -E "patches_per_s|ratio|total_s" | tr -s ' '
+    slide=(--slide "$(ls -td /tmp/bench-scan-large-*/ | head -1)large.tif")  # written once
   done
 done
