@@ -101,7 +101,7 @@ def test_jax_train_step_with_augmentation_is_compiled():
     x = np.random.default_rng(0).uniform(0, 255, (4, 96, 96, 3)).astype("float32")
     wrapper.train_on_batch(x, np.array([0, 1, 0, 1], "float32"))
     after = [keras.ops.convert_to_numpy(s) for s in states]
-    assert len(states) == 4 and all((a != b).any() for a, b in zip(before, after))
+    assert len(states) == 4 and all((a != b).any() for a, b in zip(before, after, strict=True))
 
 
 def test_train_writes_a_complete_run_folder(blob_data, tmp_path):
