@@ -311,3 +311,14 @@ def test_user_tissue_mask_and_roi_replace_the_automatic_mask(slide, tiny_model, 
         ],
     )
     assert missing.exit_code == 1 and "no region of interest for small.tif" in missing.output
+
+
+def test_overview_takes_a_level_slightly_coarser_than_asked_as_it_is():
+    from wsi_saliency.scan.pipeline import overview_downsample
+
+    # 6000 px wide, 1536 asked: ds 3.9; the x4 level is 2.4 % coarser, so it is taken whole
+    # (OpenSlide would otherwise decode level 0 whole for the thumbnail).
+    assert overview_downsample((6000, 4800), (1.0, 4.0, 16.0)) == 4.0
+    # No level within 25 %: the overview fits 1536 px.
+    assert overview_downsample((16000, 12000), (1.0, 4.0, 16.0)) == pytest.approx(16000 / 1536)
+    assert overview_downsample((1000, 800), (1.0,)) == 1.0

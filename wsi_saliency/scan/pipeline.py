@@ -10,6 +10,7 @@ Nothing here writes files (see ``wsi_saliency.outputs``); everything runs from a
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -233,9 +234,9 @@ def scan_slide(
 
         t = time.perf_counter()
         l0_size = tuple(int(v) for v in reader.dimensions)
-        ds = max(max(l0_size) / OVERVIEW_MAX_SIDE, 1.0)
+        ds = overview_downsample(l0_size, reader.level_downsamples)
         overview = reader.get_thumbnail(
-            (max(1, round(l0_size[0] / ds)), max(1, round(l0_size[1] / ds)))
+            (max(1, math.floor(l0_size[0] / ds)), max(1, math.floor(l0_size[1] / ds)))
         )
         overview_ds = (l0_size[0] / overview.shape[1], l0_size[1] / overview.shape[0])
         # The tissue thumbnail comes from the overview when that is fine enough: a slide
@@ -340,6 +341,23 @@ def scan_slide(
         warnings=notes,
         config=cfg,
     )
+
+
+def overview_downsample(
+    l0_size: tuple[int, int],
+    level_downsamples: tuple[float, ...],
+    max_side: int = OVERVIEW_MAX_SIDE,
+) -> float:
+    """Level-0 px per overview px: fit ``max_side``, or take a pyramid level that is at most
+    25 % coarser than that as it is. OpenSlide builds a thumbnail from the finest level at
+    or below the asked downsample, so asking for slightly more pixels than a level holds
+    decodes the next finer level whole (a 6000 x 4800 slide with a x4 level: 1.2 s instead of
+    0.05 s)."""
+    ds = max(max(l0_size) / max_side, 1.0)
+    for level_ds in sorted(level_downsamples):
+        if ds < level_ds <= 1.25 * ds:
+            return level_ds
+    return ds
 
 
 def _thumbnail_from_overview(
