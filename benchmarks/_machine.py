@@ -90,6 +90,46 @@ def machine_end(start: dict, versions: dict) -> dict:
     }
 
 
+def keras_versions(extra: dict | None = None) -> dict:
+    """Keras, its backend, TensorFlow and NumPy versions, then ``extra`` (the libraries a
+    benchmark adds), then TensorFlow's thread settings and GPUs: ``machine_end``'s
+    ``versions`` for the benchmarks that measure Keras on TensorFlow."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    return {
+        "keras": keras.__version__,
+        "keras_backend": keras.backend.backend(),
+        "tensorflow": tf.__version__,
+        "numpy": np.__version__,
+        **(extra or {}),
+        "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "tf_inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+    }
+
+
+def warn_if_contended_at_start(start: dict) -> None:
+    """Print a warning when ``machine_start()`` saw other processes using the CPUs."""
+    others = start["other_training_processes_at_start"] + start["busy_processes_at_start"]
+    if others:
+        print(
+            "WARNING: other processes are using the CPUs; the figures are contended:\n  "
+            + "\n  ".join(others),
+            flush=True,
+        )
+
+
+def warn_if_contended_at_end(machine: dict) -> None:
+    """Print a note when ``machine_end()`` found the run contended."""
+    if machine["contended"]:
+        print(
+            "\nCONTENDED: other processes shared the CPUs at the start or end of this "
+            "benchmark (see machine.busy_processes_* in the JSON)"
+        )
+
+
 def write_json_atomic(path: Path, data: dict) -> None:
     """``data`` as indented JSON at ``path``, written to a temporary name and renamed."""
     import json

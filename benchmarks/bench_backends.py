@@ -39,6 +39,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -96,6 +97,7 @@ def child(backend: str, jit: str, quick: bool, out: Path) -> None:
     for backbone, n in steps.items():
         keras.backend.clear_session()
         t0 = time.perf_counter()
+        wrapper = None
         try:
             wrapper, info = build_training_model(backbone, jit_compile=jit)
             row = {**info, **bench_steps(wrapper, batches, n)}
@@ -109,14 +111,12 @@ def child(backend: str, jit: str, quick: bool, out: Path) -> None:
     if torch_compile:
         # Grad-CAM on PyTorch runs eagerly whatever jit_compile says: nothing else to measure.
         result["gradcam_alone"] = result["scan_sample_slide_tiny"] = None
-        result["versions"] = {"keras": keras.__version__, "torch": _torch_version()}
+        result["versions"] = _versions(backend)
         out.write_text(json.dumps(result, indent=2))
         return
 
     patches = np.concatenate([x for x, _ in batches])[:64].astype(np.uint8)
     result["gradcam_alone"] = {}
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
         for backbone, repeat in GRADCAM_REPEAT.items():
             keras.backend.clear_session()
@@ -146,6 +146,14 @@ def child(backend: str, jit: str, quick: bool, out: Path) -> None:
         result["scan_sample_slide_tiny"] = {"cold_total_s": round(cold, 2), **best}
         print(json.dumps({"config": label(backend, jit), "scan": best}), flush=True)
 
+    result["versions"] = _versions(backend)
+    out.write_text(json.dumps(result, indent=2))
+
+
+def _versions(backend: str) -> dict:
+    """Keras and the backend library (PyTorch with its thread count)."""
+    import keras
+
     versions = {"keras": keras.__version__}
     if backend == "tensorflow":
         import tensorflow as tf
@@ -156,15 +164,10 @@ def child(backend: str, jit: str, quick: bool, out: Path) -> None:
 
         versions["jax"] = jax.__version__
     else:
-        versions["torch"] = _torch_version()
-    result["versions"] = versions
-    out.write_text(json.dumps(result, indent=2))
+        import torch
 
-
-def _torch_version() -> str:
-    import torch
-
-    return f"{torch.__version__} ({torch.get_num_threads()} threads)"
+        versions["torch"] = f"{torch.__version__} ({torch.get_num_threads()} threads)"
+    return versions
 
 
 # ---------------------------------------------------------------- parent
@@ -259,8 +262,6 @@ def main() -> None:
     if args.child:
         child(args.child[0], args.child[1], args.quick, Path(args.child[2]))
         return
-
-    import tempfile
 
     start = machine_start()
     t_start = time.perf_counter()

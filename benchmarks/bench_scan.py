@@ -50,30 +50,30 @@ ODD_BATCH = 37  # a batch size the scorer has not seen: what a slide's last part
 
 # ---------------------------------------------------------------- machine
 
+from _machine import (  # noqa: E402
+    keras_versions,
+    machine_start,
+    warn_if_contended_at_end,
+    warn_if_contended_at_start,
+    write_json_atomic,
+)
 from _machine import machine_end as _machine_end  # noqa: E402
-from _machine import machine_start, write_json_atomic  # noqa: E402
+from bench_reading import time_reading  # noqa: E402
 
 
 def machine_end(start: dict) -> dict:
-    import keras
     import openslide
     import PIL
-    import tensorflow as tf
 
     return _machine_end(
         start,
-        {
-            "keras": keras.__version__,
-            "keras_backend": keras.backend.backend(),
-            "tensorflow": tf.__version__,
-            "numpy": np.__version__,
-            "openslide": openslide.__library_version__,
-            "openslide_python": openslide.__version__,
-            "pillow": PIL.__version__,
-            "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
-            "tf_inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
-            "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
-        },
+        keras_versions(
+            {
+                "openslide": openslide.__library_version__,
+                "openslide_python": openslide.__version__,
+                "pillow": PIL.__version__,
+            }
+        ),
     )
 
 
@@ -124,6 +124,21 @@ def saved_model(backbone: str, folder: Path):
     )
 
 
+def _first_and_median_s(fn, x: np.ndarray, repeat: int) -> tuple[float, float]:
+    """Seconds of ``fn(x)``'s first call, then (after one untimed call) the median of
+    ``repeat`` timed calls."""
+    t0 = time.perf_counter()
+    fn(x)
+    first = time.perf_counter() - t0
+    fn(x)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn(x)
+        times.append(time.perf_counter() - t0)
+    return first, float(np.median(times))
+
+
 def model_alone(model, card, patches: np.ndarray, repeat: int, *, jit: bool = True) -> dict:
     """Grad-CAM and predict on one fixed in-memory batch of 64, repeated after a warm-up."""
     from wsi_saliency.model.gradcam import GradCam
@@ -132,17 +147,10 @@ def model_alone(model, card, patches: np.ndarray, repeat: int, *, jit: bool = Tr
     assert x.shape == (BATCH, PATCH, PATCH, 3), x.shape
     out = {"batch": BATCH, "repeat": repeat}
     cam = GradCam(model, card.gradcam_layer, card.logit_layer, jit=jit)
-    t0 = time.perf_counter()
-    cam(x)
-    out["gradcam_first_call_s"] = round(time.perf_counter() - t0, 3)
-    cam(x)
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        cam(x)
-        times.append(time.perf_counter() - t0)
-    out["gradcam_batch_s_median"] = round(float(np.median(times)), 4)
-    out["gradcam_patches_per_s"] = round(BATCH / float(np.median(times)), 1)
+    first, median = _first_and_median_s(cam, x, repeat)
+    out["gradcam_first_call_s"] = round(first, 3)
+    out["gradcam_batch_s_median"] = round(median, 4)
+    out["gradcam_patches_per_s"] = round(BATCH / median, 1)
     # A batch size not seen yet (every slide's last, partial batch has one): retrace/compile.
     t0 = time.perf_counter()
     cam(x[:ODD_BATCH])
@@ -151,18 +159,10 @@ def model_alone(model, card, patches: np.ndarray, repeat: int, *, jit: bool = Tr
     cam(x[:ODD_BATCH])
     out[f"gradcam_second_call_batch{ODD_BATCH}_s"] = round(time.perf_counter() - t0, 3)
 
-    xf = x.astype(np.float32)
-    t0 = time.perf_counter()
-    model.predict_on_batch(xf)
-    out["predict_first_call_s"] = round(time.perf_counter() - t0, 3)
-    model.predict_on_batch(xf)
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        model.predict_on_batch(xf)
-        times.append(time.perf_counter() - t0)
-    out["predict_batch_s_median"] = round(float(np.median(times)), 4)
-    out["predict_patches_per_s"] = round(BATCH / float(np.median(times)), 1)
+    first, median = _first_and_median_s(model.predict_on_batch, x.astype(np.float32), repeat)
+    out["predict_first_call_s"] = round(first, 3)
+    out["predict_batch_s_median"] = round(median, 4)
+    out["predict_patches_per_s"] = round(BATCH / median, 1)
     out["predict_jit_compiled"] = bool(getattr(model, "jit_compile", False))
     return out
 
@@ -219,34 +219,35 @@ def scan_once(path: Path, model, card, cfg, scorer, roi) -> dict:
     }
 
 
-def reading_alone(path: Path, res, cfg, workers: int, repeat: int) -> dict:
-    """``iter_patch_batches`` over the grid the scan used, no model: the reading ceiling."""
-    from wsi_saliency.slide import iter_patch_batches, open_slide, tile_grid
+def scan_grid(res, **kwargs):
+    """The patch grid of a scan (``SlideResult`` ``res``): its plan, tissue mask, edges
+    covered; ``kwargs`` go to ``tile_grid``."""
+    from wsi_saliency.slide import tile_grid
 
-    grid = tile_grid(
+    return tile_grid(
         res.slide_dimensions,
         res.plan,
         patch_t=PATCH,
         stride_t=PATCH,
         mask=res.tissue_mask,
         mask_l0_per_px=res.thumbnail_downsample,
-        min_tissue_fraction=cfg.min_tissue_fraction,
         cover_edges=True,
+        **kwargs,
     )
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        n = 0
-        for batch in iter_patch_batches(
-            lambda: open_slide(path),
-            res.plan,
-            grid,
-            batch_size=cfg.batch_size,
-            region_t=cfg.region,
-            workers=workers,
-        ):
-            n += len(batch)
-        best = min(best, time.perf_counter() - t0)
+
+
+def reading_alone(path: Path, res, cfg, workers: int, repeat: int) -> dict:
+    """``iter_patch_batches`` over the grid the scan used, no model: the reading ceiling."""
+    grid = scan_grid(res, min_tissue_fraction=cfg.min_tissue_fraction)
+    n, best = time_reading(
+        path,
+        res.plan,
+        grid,
+        repeat=repeat,
+        batch_size=cfg.batch_size,
+        region_t=cfg.region,
+        workers=workers,
+    )
     return {
         "workers": workers,
         "patches": n,
@@ -266,7 +267,8 @@ def bench_slide(
     repeat: int,
     roi_fraction: float,
     quick: bool,
-) -> dict:
+) -> tuple[dict, np.ndarray]:
+    """The timed scans of one slide, and its first ``BATCH`` patches (for "model alone")."""
     from wsi_saliency.config import ScanConfig
     from wsi_saliency.scan.pipeline import PatchScorer
 
@@ -295,9 +297,8 @@ def bench_slide(
             cfg = ScanConfig(gradcam=gradcam, workers=workers)
             runs = [scan_once(path, model, card, cfg, scorer, roi) for _ in range(repeat)]
             best = min(runs, key=lambda r: r["timings_s"]["total_s"])
-            best.pop("result")
             for r in runs:
-                r.pop("result", None)
+                r.pop("result")
             row = {
                 "gradcam": gradcam,
                 "workers": workers,
@@ -323,17 +324,9 @@ def bench_slide(
     else:
         out["reading_alone"] = None  # the ROI grid is not rebuilt here
     # The first patches of the slide, for the "model alone" figure.
-    from wsi_saliency.slide import iter_patch_batches, open_slide, tile_grid
+    from wsi_saliency.slide import iter_patch_batches, open_slide
 
-    grid = tile_grid(
-        res.slide_dimensions,
-        res.plan,
-        patch_t=PATCH,
-        stride_t=PATCH,
-        mask=res.tissue_mask,
-        mask_l0_per_px=res.thumbnail_downsample,
-        cover_edges=True,
-    )
+    grid = scan_grid(res)
     it = iter_patch_batches(lambda: open_slide(path), res.plan, grid, batch_size=BATCH, workers=0)
     patches = np.concatenate([b.patches for _, b in zip(range(2), it, strict=False)])[:BATCH]
     it.close()
@@ -341,6 +334,11 @@ def bench_slide(
 
 
 # ---------------------------------------------------------------- main
+
+
+def _or_dash(value: float | None) -> str:
+    """``value`` to one decimal, or ``-`` where it was not measured (``None``)."""
+    return "-" if value is None else f"{value:.1f}"
 
 
 def print_table(rows: list[dict], alone: dict) -> None:
@@ -357,7 +355,7 @@ def print_table(rows: list[dict], alone: dict) -> None:
                 f"  {sl['backbone']:<9}{sl['slide'][:19]:<20}{'on' if r['gradcam'] else 'off':>4}"
                 f"{r['workers']:>3}{r['n_scored']:>6}{t['total_s']:>9.2f}{t['tissue_s']:>9.2f}"
                 f"{t['inference_s']:>9.2f}{t['model_s']:>9.2f}{r['e2e_patches_per_s']:>9.1f}"
-                f"{r['model_patches_per_s'] or 0:>10.1f}{r['ratio_e2e_over_model']:>10.2f}"
+                f"{_or_dash(r['model_patches_per_s']):>10}{r['ratio_e2e_over_model']:>10.2f}"
             )
     print("\ncold first scan (new scorer: tracing + XLA compile), s")
     for sl in rows:
@@ -403,7 +401,7 @@ def main() -> None:
         "--roi-fraction",
         type=float,
         default=0.15,
-        help="slide area resnet50 scans when only the sample slide is there",
+        help="part of the sample slide's area a backbone other than tiny scans with --quick",
     )
     ap.add_argument(
         "--out",
@@ -417,14 +415,7 @@ def main() -> None:
     )
 
     start = machine_start()
-    if start["other_training_processes_at_start"] or start["busy_processes_at_start"]:
-        print(
-            "WARNING: other processes are using the CPUs; the figures are contended:\n  "
-            + "\n  ".join(
-                start["other_training_processes_at_start"] + start["busy_processes_at_start"]
-            ),
-            flush=True,
-        )
+    warn_if_contended_at_start(start)
     skipped = []
     if not CMU_SLIDE.is_file():
         skipped.append(f"{CMU_SLIDE} is absent (a fresh clone): CMU-1-Small-Region skipped")
@@ -465,11 +456,7 @@ def main() -> None:
     wall = time.perf_counter() - t_run
     print_table(rows, alone)
     machine = machine_end(start)
-    if machine["contended"]:
-        print(
-            "\nCONTENDED: other processes shared the CPUs at the start or end of this "
-            "benchmark (see machine.busy_processes_* in the JSON)"
-        )
+    warn_if_contended_at_end(machine)
     report = {
         "benchmark": "scan_slide end-to-end vs model-only throughput (untrained models)",
         "quick": args.quick,

@@ -17,11 +17,14 @@ import argparse
 import json
 import os
 import platform
+import shlex
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _machine import write_json_atomic
 
 
 def main() -> None:
@@ -38,7 +41,8 @@ def main() -> None:
     ap.add_argument("--no-gradcam", action="store_true")
     ap.add_argument("--slide", type=Path, help="reuse this slide instead of writing one")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/scan_large.json"))
-    args = ap.parse_args()
+    argv = sys.argv[1:]  # recorded as given (args.model is replaced below when absent)
+    args = ap.parse_args(argv)
 
     import keras
 
@@ -146,18 +150,10 @@ def main() -> None:
             "keras": keras.__version__,
         },
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "command": "python benchmarks/bench_scan_large.py "
-        + " ".join(
-            f"--{k.replace('_', '-')} {v}"
-            for k, v in vars(args).items()
-            if v not in (None, False) and k != "json"
-        ),
+        "command": " ".join(["python", "benchmarks/bench_scan_large.py", *map(shlex.quote, argv)]),
         "figures": figures,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    tmp_json = args.json.with_name(f".{args.json.name}.tmp")
-    tmp_json.write_text(json.dumps(out, indent=2))
-    os.replace(tmp_json, args.json)
+    write_json_atomic(args.json, out)
     print(json.dumps(out, indent=2))
 
 

@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO))
 
 BATCH = 64
 PATCH = 96
+BUFFER_CHUNKS = 8  # epoch_batches' shuffle group, in chunks
 SHARED_PCAM = REPO.parent / "shared" / "data" / "pcam-ai4all"
 BACKBONES = ("tiny", "mobilenetv2", "resnet50")
 MOBILENET_ALPHA = 0.35
@@ -57,34 +58,26 @@ SIMULATED_STEPS_S = (0.02,)
 
 # ---------------------------------------------------------------- machine
 
+from _machine import (  # noqa: E402
+    keras_versions,
+    machine_start,
+    warn_if_contended_at_end,
+    warn_if_contended_at_start,
+    write_json_atomic,
+)
 from _machine import machine_end as _machine_end  # noqa: E402
-from _machine import machine_start, write_json_atomic  # noqa: E402
 
 
 def machine_end(start: dict) -> dict:
     import h5py
-    import keras
-    import tensorflow as tf
 
-    return _machine_end(
-        start,
-        {
-            "keras": keras.__version__,
-            "keras_backend": keras.backend.backend(),
-            "tensorflow": tf.__version__,
-            "numpy": np.__version__,
-            "h5py": h5py.__version__,
-            "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
-            "tf_inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
-            "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
-        },
-    )
+    return _machine_end(start, keras_versions({"h5py": h5py.__version__}))
 
 
 # ---------------------------------------------------------------- data
 
 
-def datasets(quick: bool) -> tuple[list[tuple[str, Path]], list[str]]:
+def datasets() -> tuple[list[tuple[str, Path]], list[str]]:
     """``[(name, PCam HDF5 folder)]`` and the reasons for what was skipped."""
     from wsi_saliency.data.folders import ensure_pcam
 
@@ -106,10 +99,10 @@ def datasets(quick: bool) -> tuple[list[tuple[str, Path]], list[str]]:
     return found, skipped
 
 
-def group_batches(split, buffer_chunks: int = 8) -> int:
-    """Batches ``iter_batches`` emits per shuffle group: it reads ``buffer_chunks`` chunks of
+def group_batches(split) -> int:
+    """Batches ``iter_batches`` emits per shuffle group: it reads ``BUFFER_CHUNKS`` chunks of
     ``read_rows`` rows, then emits them, then reads the next group (a refill pause)."""
-    return max(1, min(split.n, buffer_chunks * split.read_rows) // BATCH)
+    return max(1, min(split.n, BUFFER_CHUNKS * split.read_rows) // BATCH)
 
 
 def bench_pipeline(name: str, folder: Path, *, min_seconds: float, min_batches: int) -> dict:
@@ -129,7 +122,9 @@ def bench_pipeline(name: str, folder: Path, *, min_seconds: float, min_batches: 
             "hdf5_compression": split._x.compression,
         }
         t0 = time.perf_counter()
-        batches = prefetch(epoch_batches(split, BATCH, shuffle=True, seed=0, buffer_chunks=8))
+        batches = prefetch(
+            epoch_batches(split, BATCH, shuffle=True, seed=0, buffer_chunks=BUFFER_CHUNKS)
+        )
         x, y = next(batches)
         first_s = time.perf_counter() - t0
         assert x.shape == (BATCH, PATCH, PATCH, 3) and x.dtype == np.float32, x.shape
@@ -173,7 +168,9 @@ def bench_slow_consumer(name: str, folder: Path, step_s: float, groups: float) -
     with open_pcam(folder, "train") as split:
         per_group = group_batches(split)
         steps = max(8, int(groups * per_group))
-        batches = prefetch(epoch_batches(split, BATCH, shuffle=True, seed=0, buffer_chunks=8))
+        batches = prefetch(
+            epoch_batches(split, BATCH, shuffle=True, seed=0, buffer_chunks=BUFFER_CHUNKS)
+        )
         next(batches)
         time.sleep(0.5)  # queue full, look-ahead read: the steady state of a slow consumer
         waits = []
@@ -206,7 +203,7 @@ def sample_batches(folder: Path, count: int) -> list[tuple[np.ndarray, np.ndarra
     from wsi_saliency.training import epoch_batches
 
     with open_pcam(folder, "train") as split:
-        it = epoch_batches(split, BATCH, shuffle=True, seed=0, buffer_chunks=8)
+        it = epoch_batches(split, BATCH, shuffle=True, seed=0, buffer_chunks=BUFFER_CHUNKS)
         out = [next(it) for _ in range(count)]
         it.close()
     return out
@@ -290,7 +287,9 @@ def bench_fed(wrapper, folder: Path, steps: int) -> dict:
     with open_pcam(folder, "train") as split:
         per_group = group_batches(split)
         skip = max(0, per_group - WARMUP_STEPS - steps // 3)
-        batches = prefetch(epoch_batches(split, BATCH, shuffle=True, seed=1, buffer_chunks=8))
+        batches = prefetch(
+            epoch_batches(split, BATCH, shuffle=True, seed=1, buffer_chunks=BUFFER_CHUNKS)
+        )
         for _ in range(skip):
             next(batches)
         time.sleep(1.0)  # let the queue and the look-ahead fill, as during slow steps
@@ -391,19 +390,12 @@ def main() -> None:
     min_batches = 8 if args.quick else 60
 
     start = machine_start()
-    if start["other_training_processes_at_start"] or start["busy_processes_at_start"]:
-        print(
-            "WARNING: other processes are using the CPUs; the figures are contended:\n  "
-            + "\n  ".join(
-                start["other_training_processes_at_start"] + start["busy_processes_at_start"]
-            ),
-            flush=True,
-        )
+    warn_if_contended_at_start(start)
     t_run = time.perf_counter()
 
     import keras  # imported here so TF start-up is not inside any timing
 
-    data, skipped = datasets(args.quick)
+    data, skipped = datasets()
     pipelines = []
     for name, folder in data:
         res = bench_pipeline(name, folder, min_seconds=min_seconds, min_batches=min_batches)
@@ -440,19 +432,15 @@ def main() -> None:
     wall = time.perf_counter() - t_run
     print_table(pipelines, slow, results)
     machine = machine_end(start)
-    if machine["contended"]:
-        print(
-            "\nCONTENDED: other processes shared the CPUs at the start or end of this "
-            "benchmark (see machine.busy_processes_* in the JSON)"
-        )
+    warn_if_contended_at_end(machine)
     report = {
         "benchmark": "training input pipeline vs train_on_batch throughput",
         "quick": args.quick,
         "machine": machine,
         "batch_size": BATCH,
         "patch": [PATCH, PATCH, 3],
-        "pipeline": "training.prefetch(training.epoch_batches(open_pcam(folder, 'train'), 64, "
-        "shuffle=True, seed=0, buffer_chunks=8))",
+        "pipeline": "training.prefetch(training.epoch_batches(open_pcam(folder, 'train'), "
+        f"{BATCH}, shuffle=True, seed=0, buffer_chunks={BUFFER_CHUNKS}))",
         "step": "train_on_batch of keras.Model(inputs, model(make_augmenter(AugmentConfig(), "
         "seed=0)(inputs))), Adam, BinaryCrossentropy, BinaryAccuracy + AUC(500), "
         f"jit_compile=auto; in-memory batches from {step_data_name}",

@@ -48,7 +48,7 @@ RESULT = REPO / "benchmarks" / "results" / "camelyon16_synthetic.json"
 DOCS = REPO / "docs"
 
 from _machine import machine_end as _machine_end  # noqa: E402
-from _machine import machine_start  # noqa: E402
+from _machine import machine_start, write_json_atomic  # noqa: E402
 
 # name, level-0 mpp, level-0 (width, height), Camelyon16 annotation files of its lesions
 SLIDES: list[tuple[str, float, tuple[int, int], list[str]]] = [
@@ -310,10 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         "versions": metrics["versions"],
         "machine": machine_end(start),
     }
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = RESULT.with_name(f".{RESULT.name}.tmp-{os.getpid()}")
-    tmp_path.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp_path, RESULT)
+    write_json_atomic(RESULT, result)
     lo, hi = metrics["slide_auc_ci95"]
     print(
         f"slide AUC {metrics['slide_auc']:.4f} (95% CI {lo:.4f}-{hi:.4f}); FROC "

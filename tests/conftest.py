@@ -30,19 +30,27 @@ def cmu_slide(shared_data: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    """An untrained ``tiny`` model saved with its card (PCam's 96 px at 0.972 um/px)."""
-    from wsi_saliency.config import ModelConfig
-    from wsi_saliency.model.build import build_model
-    from wsi_saliency.model.io import ModelCard, save_model
+def tiny_card(**kw):
+    """The ``tiny`` backbone's ModelCard (PCam's 96 px at 0.972 um/px); ``kw`` adds or overrides
+    fields. Also used by test_model.py (``from conftest import tiny_card``)."""
+    from wsi_saliency.model.io import ModelCard
 
-    model = build_model(ModelConfig(backbone="tiny", weights="none"))
-    card = ModelCard(
+    base = dict(
         backbone="tiny",
         patch_size=96,
         patch_mpp=0.972,
         gradcam_layer="tiny_stage4_out",
         preprocess="unit",
     )
-    return save_model(model, card, tmp_path_factory.mktemp("model") / "model.keras")
+    return ModelCard(**{**base, **kw})
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """An untrained ``tiny`` model saved with its card (PCam's 96 px at 0.972 um/px)."""
+    from wsi_saliency.config import ModelConfig
+    from wsi_saliency.model.build import build_model
+    from wsi_saliency.model.io import save_model
+
+    model = build_model(ModelConfig(backbone="tiny", weights="none"))
+    return save_model(model, tiny_card(), tmp_path_factory.mktemp("model") / "model.keras")

@@ -36,6 +36,19 @@ def test_version_and_module_entry_point():
     assert out.returncode == 0 and "wsi-saliency" in out.stdout
 
 
+def _train(data, out, *extra):
+    """``wsi-saliency train --config configs/sample.yaml --data DATA --out OUT EXTRA...``."""
+    argv = ["--config", "configs/sample.yaml", "--data", data, "--out", out, *extra]
+    return runner.invoke(app, ["train", *map(str, argv)])
+
+
+def _evaluate(run, data, out, *extra):
+    """``wsi-saliency evaluate RUN/model.keras DATA EXTRA... --out OUT``."""
+    return runner.invoke(
+        app, ["evaluate", *map(str, [run / "model.keras", data, *extra, "--out", out])]
+    )
+
+
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pcam")
@@ -51,23 +64,8 @@ def tiny_data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "run"
-    result = runner.invoke(
-        app,
-        [
-            "train",
-            "--config",
-            "configs/sample.yaml",
-            "--data",
-            str(tiny_data),
-            "--out",
-            str(out),
-            "--head-epochs",
-            "1",
-            "--batch-size",
-            "16",
-            "--set",
-            "train.verbose=0",
-        ],
+    result = _train(
+        tiny_data, out, "--head-epochs", "1", "--batch-size", "16", "--set", "train.verbose=0"
     )
     assert result.exit_code == 0, result.output
     return out
@@ -83,36 +81,13 @@ def test_train_cli_writes_model_and_resolved_config(trained, tiny_data):
 
 
 def test_train_refuses_to_mix_runs(trained, tiny_data):
-    result = runner.invoke(
-        app,
-        [
-            "train",
-            "--config",
-            "configs/sample.yaml",
-            "--data",
-            str(tiny_data),
-            "--out",
-            str(trained),
-        ],
-    )
+    result = _train(tiny_data, trained)
     assert result.exit_code == 2
     assert "already holds a finished run" in result.output and "Traceback" not in result.output
 
 
 def test_evaluate_json_prints_auc(trained, tiny_data, tmp_path):
-    result = runner.invoke(
-        app,
-        [
-            "evaluate",
-            str(trained / "model.keras"),
-            str(tiny_data),
-            "--split",
-            "test",
-            "--json",
-            "--out",
-            str(tmp_path),
-        ],
-    )
+    result = _evaluate(trained, tiny_data, tmp_path, "--split", "test", "--json")
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.stdout[result.stdout.index("{") :])
     assert 0 <= metrics["auc"] <= 1 and metrics["n"] == 32 and metrics["split"] == "test"
@@ -120,19 +95,7 @@ def test_evaluate_json_prints_auc(trained, tiny_data, tmp_path):
 
 
 def test_evaluate_with_tta(trained, tiny_data, tmp_path):
-    result = runner.invoke(
-        app,
-        [
-            "evaluate",
-            str(trained / "model.keras"),
-            str(tiny_data),
-            "--split",
-            "valid",
-            "--tta",
-            "--out",
-            str(tmp_path),
-        ],
-    )
+    result = _evaluate(trained, tiny_data, tmp_path, "--split", "valid", "--tta")
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "metrics.json").read_text())["tta"] is True
 

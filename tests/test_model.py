@@ -4,12 +4,13 @@ import zipfile
 
 import numpy as np
 import pytest
+from conftest import tiny_card
 
 from wsi_saliency.config import ModelConfig
 from wsi_saliency.errors import InputError, ModelError
 from wsi_saliency.model.build import backbone_layers, build_model, set_trainable
 from wsi_saliency.model.gradcam import GradCam, gradcam_reference
-from wsi_saliency.model.io import CARD_NAME, ModelCard, load_model, read_card, save_model
+from wsi_saliency.model.io import CARD_NAME, load_model, read_card, save_model
 
 
 @pytest.fixture(scope="module")
@@ -18,15 +19,7 @@ def tiny():
 
 
 def _card(**kw):
-    base = dict(
-        backbone="tiny",
-        patch_size=96,
-        patch_mpp=0.972,
-        gradcam_layer="tiny_stage4_out",
-        preprocess="unit",
-        seed=3,
-    )
-    return ModelCard(**{**base, **kw})
+    return tiny_card(**{"seed": 3, **kw})
 
 
 def _patches(n=6, seed=0):
@@ -118,7 +111,6 @@ def test_set_trainable_freezes_backbone_and_batchnorm():
 
 
 def test_batched_gradcam_equals_one_image_reference(tiny):
-    # Give the random head a non-trivial gradient so the maps are not all zero.
     x = _patches(5, seed=1)
     gc = GradCam(tiny, "tiny_stage4_out")
     prob, cam = gc(x)

@@ -42,10 +42,10 @@ def slide(tmp_path_factory):
     return info.path
 
 
-def _scan(args, tiny_model, out):
-    return runner.invoke(
-        app, ["scan", *map(str, args), "--model", str(tiny_model), "--out", str(out), "--quiet"]
-    )
+def _scan(args, model, out, *extra):
+    """``wsi-saliency scan ARGS --model MODEL --out OUT --quiet EXTRA...``."""
+    argv = [*args, "--model", model, "--out", out, "--quiet", *extra]
+    return runner.invoke(app, ["scan", *map(str, argv)])
 
 
 def test_scan_writes_every_output_with_frames_and_provenance(slide, tiny_model, tmp_path):
@@ -98,19 +98,7 @@ def test_rerun_skips_complete_slides_and_redoes_interrupted_ones(slide, tiny_mod
     (tmp_path / "small" / "summary.json").unlink()  # as if interrupted before the last file
     redo = _scan([slide], tiny_model, tmp_path)
     assert "1 scanned" in redo.output and (tmp_path / "small" / "summary.json").is_file()
-    forced = runner.invoke(
-        app,
-        [
-            "scan",
-            str(slide),
-            "--model",
-            str(tiny_model),
-            "--out",
-            str(tmp_path),
-            "--overwrite",
-            "--quiet",
-        ],
-    )
+    forced = _scan([slide], tiny_model, tmp_path, "--overwrite")
     assert "1 scanned" in forced.output
 
 
@@ -142,20 +130,7 @@ def test_slide_without_resolution_needs_slide_mpp(tiny_model, tmp_path):
     _plain_tiff(path, image)
     result = _scan([path], tiny_model, tmp_path / "out")
     assert result.exit_code == 1 and "--slide-mpp" in result.output
-    ok = runner.invoke(
-        app,
-        [
-            "scan",
-            str(path),
-            "--model",
-            str(tiny_model),
-            "--out",
-            str(tmp_path / "out2"),
-            "--slide-mpp",
-            "0.5",
-            "--quiet",
-        ],
-    )
+    ok = _scan([path], tiny_model, tmp_path / "out2", "--slide-mpp", "0.5")
     assert ok.exit_code == 0, ok.output
 
 
@@ -187,31 +162,14 @@ def test_usage_errors_stop_before_any_work(case, slide, tiny_model, tmp_path):
         slides = [tmp_path / "nope.svs"]
     else:
         extra = ["--stride", "50"]  # 50 * 12 / 96 is not a whole number of cells
-    result = runner.invoke(
-        app,
-        ["scan", *map(str, slides), "--model", str(model), "--out", str(out), "--quiet", *extra],
-    )
+    result = _scan(slides, model, out, *extra)
     assert result.exit_code == 2, result.output
     assert result.output.count("error:") == 1 and "Traceback" not in result.output
     assert not (out.is_dir() and any(out.iterdir()))
 
 
 def test_stride_32_puts_predictions_on_pcam_centres(slide, tiny_model, tmp_path):
-    result = runner.invoke(
-        app,
-        [
-            "scan",
-            str(slide),
-            "--model",
-            str(tiny_model),
-            "--out",
-            str(tmp_path),
-            "--stride",
-            "32",
-            "--no-gradcam",
-            "--quiet",
-        ],
-    )
+    result = _scan([slide], tiny_model, tmp_path, "--stride", "32", "--no-gradcam")
     assert result.exit_code == 0, result.output
     with h5py.File(tmp_path / "small" / "scan.h5") as f:
         assert f.attrs["stride_l0"] == pytest.approx(64.0, rel=0.01)
@@ -227,19 +185,7 @@ def test_undo_dihedral_inverts_every_view():
 
 
 def test_tta_scan_runs_and_is_recorded(slide, tiny_model, tmp_path):
-    result = runner.invoke(
-        app,
-        [
-            "scan",
-            str(slide),
-            "--model",
-            str(tiny_model),
-            "--out",
-            str(tmp_path),
-            "--tta",
-            "--quiet",
-        ],
-    )
+    result = _scan([slide], tiny_model, tmp_path, "--tta")
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "small" / "summary.json").read_text())
     assert summary["config"]["tta"] is True
@@ -271,23 +217,8 @@ def test_user_tissue_mask_and_roi_replace_the_automatic_mask(slide, tiny_model, 
     Image.fromarray(left).save(masks / "small.png")
     box = np.array([[0, 0], [1024, 0], [1024, 768], [0, 768]], float)  # top-left quarter
     write_asap_xml(rois / "small.xml", [Annotation("roi", "_0", box)])
-    result = runner.invoke(
-        app,
-        [
-            "scan",
-            str(slide),
-            "--model",
-            str(tiny_model),
-            "--out",
-            str(tmp_path / "out"),
-            "--tissue-masks",
-            str(masks),
-            "--roi",
-            str(rois),
-            "--no-gradcam",
-            "--quiet",
-        ],
-    )
+    user = ("--tissue-masks", masks, "--roi", rois, "--no-gradcam")
+    result = _scan([slide], tiny_model, tmp_path / "out", *user)
     assert result.exit_code == 0, result.output
     with h5py.File(tmp_path / "out" / "small" / "scan.h5") as f:
         coords = f["coords"][()]
@@ -296,20 +227,7 @@ def test_user_tissue_mask_and_roi_replace_the_automatic_mask(slide, tiny_model, 
         assert f["tissue_mask"][()][:, :5].all()  # the user's mask, not the automatic one
     empty = tmp_path / "empty"
     empty.mkdir()
-    missing = runner.invoke(
-        app,
-        [
-            "scan",
-            str(slide),
-            "--model",
-            str(tiny_model),
-            "--out",
-            str(tmp_path / "out2"),
-            "--roi",
-            str(empty),
-            "--quiet",
-        ],
-    )
+    missing = _scan([slide], tiny_model, tmp_path / "out2", "--roi", empty)
     assert missing.exit_code == 1 and "no region of interest for small.tif" in missing.output
 
 

@@ -34,15 +34,10 @@ def _polygon_area(p: np.ndarray) -> float:
     return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
 
 
-@pytest.fixture(scope="module")
-def small_slide(tmp_path_factory) -> SyntheticSlideInfo:
-    folder = tmp_path_factory.mktemp("slide")
-    rng = np.random.default_rng(4)
-    tissue = make_tissue_polygons(SIZE, rng, tissue_fraction=0.55, n_blobs=2)
-    blob = np.array([[0, 0], [180, -20], [260, 120], [120, 240], [-20, 150]], dtype=np.float64)
-    lesions = place_lesions([blob, blob * 0.5], MPP, MPP, SIZE, rng, tissue=tissue)
+def _write_small(path: Path, lesions, tissue) -> SyntheticSlideInfo:
+    """The ``small_slide`` pyramid (SIZE, MPP, TILE, seed 7, JPEG q90) with these polygons."""
     return write_synthetic_slide(
-        folder / "synth.tif",
+        path,
         l0_size_xy=SIZE,
         mpp=MPP,
         lesions=lesions,
@@ -52,6 +47,16 @@ def small_slide(tmp_path_factory) -> SyntheticSlideInfo:
         jpeg_quality=90,
         tissue=tissue,
     )
+
+
+@pytest.fixture(scope="module")
+def small_slide(tmp_path_factory) -> SyntheticSlideInfo:
+    folder = tmp_path_factory.mktemp("slide")
+    rng = np.random.default_rng(4)
+    tissue = make_tissue_polygons(SIZE, rng, tissue_fraction=0.55, n_blobs=2)
+    blob = np.array([[0, 0], [180, -20], [260, 120], [120, 240], [-20, 150]], dtype=np.float64)
+    lesions = place_lesions([blob, blob * 0.5], MPP, MPP, SIZE, rng, tissue=tissue)
+    return _write_small(folder / "synth.tif", lesions, tissue)
 
 
 def test_openslide_opens_pyramid_with_mpp(small_slide):
@@ -146,17 +151,7 @@ def test_pen_mark_and_dark_area_on_glass(small_slide):
 
 
 def test_deterministic_pixels(tmp_path, small_slide):
-    info = write_synthetic_slide(
-        tmp_path / "again.tif",
-        l0_size_xy=SIZE,
-        mpp=MPP,
-        lesions=small_slide.lesions,
-        seed=7,
-        tile=TILE,
-        levels=(1, 2, 4),
-        jpeg_quality=90,
-        tissue=small_slide.tissue,
-    )
+    info = _write_small(tmp_path / "again.tif", small_slide.lesions, small_slide.tissue)
     a = openslide.OpenSlide(str(info.path))
     b = openslide.OpenSlide(str(small_slide.path))
     try:
@@ -173,17 +168,7 @@ def test_reduced_levels_via_memory_map(tmp_path, monkeypatch, small_slide):
     from wsi_saliency.data import synthetic_slide
 
     monkeypatch.setattr(synthetic_slide, "_MEMMAP_BYTES", 0)
-    info = write_synthetic_slide(
-        tmp_path / "mm.tif",
-        l0_size_xy=SIZE,
-        mpp=MPP,
-        lesions=small_slide.lesions,
-        seed=7,
-        tile=TILE,
-        levels=(1, 2, 4),
-        jpeg_quality=90,
-        tissue=small_slide.tissue,
-    )
+    info = _write_small(tmp_path / "mm.tif", small_slide.lesions, small_slide.tissue)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mm.tif", "mm.xml"]
     a = openslide.OpenSlide(str(info.path))
     b = openslide.OpenSlide(str(small_slide.path))

@@ -91,7 +91,7 @@ def run_demo(out: str | Path, *, retrain: bool = False, log: Callable[[str], Non
     from wsi_saliency.outputs.atomic import write_json
     from wsi_saliency.outputs.h5 import read_scan_h5
 
-    scan = read_scan_h5(scans / slide.stem / "scan.h5")
+    scan = read_scan_h5(scans / slide.stem / "scan.h5", ("heatmap_prob",))
     check = heatmap_vs_annotations(
         scan["heatmap_prob"],
         float(scan["heatmap_prob_downsample"]),

@@ -72,7 +72,7 @@ class SlideMaps:
 
         path = Path(path)
         try:
-            d = read_scan_h5(path)
+            d = read_scan_h5(path, ("heatmap_prob", "heatmap_gradcam", "coords", "prob"))
             dims = np.asarray(d["slide_dimensions"]).tolist()
             return cls(
                 slide_name=Path(str(d.get("slide_path", path.parent.name))).name,

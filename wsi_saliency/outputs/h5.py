@@ -13,6 +13,7 @@ Attributes: ``patch_size_l0``, ``stride_l0``, ``heatmap_prob_downsample`` and
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -68,11 +69,12 @@ def write_scan_h5(
     return Path(path)
 
 
-def read_scan_h5(path: str | Path) -> dict[str, Any]:
-    """All datasets as arrays and attributes as values (JSON attributes decoded)."""
+def read_scan_h5(path: str | Path, datasets: Iterable[str] | None = None) -> dict[str, Any]:
+    """Datasets as arrays (all, or those of ``datasets`` the file has: the per-patch
+    ``gradcam`` maps are the bulk of the file) and attributes as values (JSON decoded)."""
     out: dict[str, Any] = {}
     with h5py.File(path, "r") as f:
-        for key in f:
+        for key in f if datasets is None else [k for k in datasets if k in f]:
             out[key] = f[key][()]
         for key, value in f.attrs.items():
             if key in ("model_card", "config", "versions"):

@@ -23,6 +23,7 @@ from pathlib import Path
 from wsi_saliency.config import ScanConfig
 from wsi_saliency.errors import InputError, WsiSaliencyError
 from wsi_saliency.outputs.atomic import atomic_path, write_json
+from wsi_saliency.outputs.export import EXPORT_FILES
 
 SLIDE_SUFFIXES = (
     ".svs",
@@ -37,17 +38,7 @@ SLIDE_SUFFIXES = (
     ".svslide",
     ".dcm",
 )
-SLIDE_FILES = (
-    "scan.h5",
-    "heatmap.png",
-    "gradcam.png",
-    "tissue.png",
-    "heatmap.tiff",
-    "gradcam.tiff",
-    "regions.geojson",
-    "regions.xml",
-    "summary.json",
-)
+SLIDE_FILES = ("scan.h5", "heatmap.png", "gradcam.png", "tissue.png", *EXPORT_FILES, "summary.json")
 
 
 def expand_slides(items: Iterable[str]) -> list[Path]:

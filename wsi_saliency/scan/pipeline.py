@@ -219,7 +219,6 @@ def scan_slide(
         cfg = replace(cfg, workers=default_workers())
     timings: dict[str, float] = {}
     notes: list[str] = []
-    batch_size = max(1, cfg.batch_size // 8) if cfg.tta else cfg.batch_size
     scorer = scorer or PatchScorer.from_config(model, card, cfg)
     patch = int(card.patch_size)
     stride = int(cfg.stride or patch)
@@ -288,7 +287,7 @@ def scan_slide(
             lambda: open_slide(path),
             plan,
             grid,
-            batch_size=batch_size,
+            batch_size=scorer.batch_size or cfg.batch_size,  # the size the scorer pads to
             region_t=cfg.region,
             workers=cfg.workers,
         ):

@@ -93,11 +93,6 @@ class _Accumulator:
         out[seen] = (self._sum[seen] / self._weight[seen]).astype(np.float32)
         return out
 
-    @property
-    def coverage(self) -> np.ndarray:
-        """Total weight per cell (float64 ``[H, W]``; 0 where unscored)."""
-        return self._weight.copy()
-
 
 class HeatmapStitcher(_Accumulator):
     """One value per patch -> a heatmap with ``cells_per_stride`` cells per grid stride.

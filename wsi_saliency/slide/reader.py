@@ -302,7 +302,6 @@ class ArrayReader(SlideReader):
         if objective_power is not None:
             props["openslide.objective-power"] = repr(float(objective_power))
         self._properties = props
-        self.read_count = 0  # number of read_region calls, for tests
 
     @property
     def level_dimensions(self) -> tuple[tuple[int, int], ...]:
@@ -323,7 +322,6 @@ class ArrayReader(SlideReader):
             raise SlideError(
                 f"level {level} out of range for {self.path} ({len(self._levels)} levels)"
             )
-        self.read_count += 1
         src = self._levels[level]
         ds = self._factors[level]
         w, h = int(size_wh[0]), int(size_wh[1])

@@ -175,11 +175,14 @@ def _slide_score(prob: np.ndarray, cfg: EvalConfig) -> float:
     return float(np.sort(prob)[-cfg.top_k :].mean())
 
 
+SCAN_DATASETS = ("heatmap_prob", "prob")
+
+
 def _read_scan(path: Path) -> dict[str, Any]:
     from wsi_saliency.outputs.h5 import read_scan_h5
 
     try:
-        scan = read_scan_h5(path)
+        scan = read_scan_h5(path, SCAN_DATASETS)
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: not a readable scan.h5 ({exc}); scan the slide again") from None
     missing = [
