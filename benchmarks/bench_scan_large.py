@@ -48,15 +48,15 @@ def main() -> None:
 
     from wsi_saliency.backend import configure_precision, device_info
     from wsi_saliency.config import ModelConfig, ScanConfig
-    from wsi_saliency.data.synthetic import random_blob_polygon
-    from wsi_saliency.data.synthetic_slide import (
+    from wsi_saliency.model.build import BACKBONE_SPECS, build_model
+    from wsi_saliency.model.io import ModelCard, load_model, save_model
+    from wsi_saliency.scan.pipeline import PatchScorer, scan_slide
+    from wsi_saliency.synthetic.slides import (
         make_tissue_polygons,
         place_lesions,
         write_synthetic_slide,
     )
-    from wsi_saliency.model.build import BACKBONE_SPECS, build_model
-    from wsi_saliency.model.io import ModelCard, load_model, save_model
-    from wsi_saliency.scan.pipeline import PatchScorer, scan_slide
+    from wsi_saliency.synthetic.tissue import random_blob_polygon
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-scan-large-"))
     w, h = (int(v) for v in args.size.lower().split("x"))

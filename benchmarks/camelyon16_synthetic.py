@@ -130,14 +130,14 @@ def compare_detections(
 
 
 def write_slides(folder: Path, ann: Path, log) -> list[dict]:
-    from wsi_saliency.data.synthetic_slide import (
+    from wsi_saliency.errors import DataError
+    from wsi_saliency.synthetic.slides import (
         CAMELYON16_MPP,
         load_camelyon16_polygons,
         make_tissue_polygons,
         place_lesions,
         write_synthetic_slide,
     )
-    from wsi_saliency.errors import DataError
 
     made = []
     for k, (name, mpp, size, sources) in enumerate(SLIDES):

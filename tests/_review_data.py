@@ -23,7 +23,7 @@ TISSUE = np.array([[100, 100], [1400, 120], [1420, 900], [120, 920]], float)  # 
 
 
 def write_slide(path: Path) -> Path:
-    from wsi_saliency.data.synthetic_slide import write_synthetic_slide
+    from wsi_saliency.synthetic.slides import write_synthetic_slide
 
     return write_synthetic_slide(
         path,

@@ -14,7 +14,7 @@ MPP = 0.486
 
 
 def _slide(folder, name, lesions, seed):
-    from wsi_saliency.data.synthetic_slide import write_synthetic_slide
+    from wsi_saliency.synthetic.slides import write_synthetic_slide
 
     tissue = [np.array([[60, 60], [980, 80], [960, 700], [80, 690]], float)]
     return write_synthetic_slide(
@@ -32,7 +32,7 @@ def _slide(folder, name, lesions, seed):
 
 
 def test_scan_then_evaluate_slides(tiny_model, tmp_path):
-    from wsi_saliency.data.synthetic import random_blob_polygon
+    from wsi_saliency.synthetic.tissue import random_blob_polygon
 
     slides, ann = tmp_path / "slides", tmp_path / "ann"
     ann.mkdir()

@@ -20,8 +20,8 @@ MPP = 0.486  # level-0 microns per pixel of the test slides: 2 level-0 px per mo
 
 @pytest.fixture(scope="module")
 def slide(tmp_path_factory):
-    from wsi_saliency.data.synthetic import random_blob_polygon
-    from wsi_saliency.data.synthetic_slide import write_synthetic_slide
+    from wsi_saliency.synthetic.slides import write_synthetic_slide
+    from wsi_saliency.synthetic.tissue import random_blob_polygon
 
     folder = tmp_path_factory.mktemp("slides")
     rng = np.random.default_rng(0)

@@ -10,13 +10,9 @@ import h5py
 import numpy as np
 import pytest
 
-from wsi_saliency.data import synthetic
-from wsi_saliency.data.synthetic import (
-    GLASS_RGB,
-    make_patch_dataset,
-    render_tissue,
-    write_sample_dataset,
-)
+from wsi_saliency.synthetic import sample, tissue
+from wsi_saliency.synthetic.patches import make_patch_dataset, write_sample_dataset
+from wsi_saliency.synthetic.tissue import GLASS_RGB, render_tissue
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +23,47 @@ def patches():
 
 def test_no_tensorflow_import():
     code = (
-        "import sys, wsi_saliency.data.synthetic, wsi_saliency.data.synthetic_slide, "
+        "import sys, wsi_saliency.synthetic.sample, "
         "wsi_saliency.data.annotations; assert 'tensorflow' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _package_imports(path: Path) -> set[str]:
+    """Every ``wsi_saliency.*`` module a file imports (at any depth in the file)."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        else:
+            continue
+        found.update(n for n in names if n.startswith("wsi_saliency"))
+    return found
+
+
+def test_generators_import_one_way():
+    """data/ never imports the generators; inside synthetic/ imports point to ``tissue``."""
+    pkg = Path(__file__).resolve().parents[1] / "wsi_saliency"
+    for f in sorted((pkg / "data").glob("*.py")):
+        bad = {m for m in _package_imports(f) if m.startswith("wsi_saliency.synthetic")}
+        assert not bad, f"{f.name} imports the generators: {bad}"
+    allowed = {
+        "tissue": set(),
+        "patches": {"tissue"},
+        "slides": {"tissue"},
+        "sample": {"patches", "slides"},
+    }
+    for name, ok in allowed.items():
+        used = {
+            m.split(".")[2]
+            for m in _package_imports(pkg / "synthetic" / f"{name}.py")
+            if m.startswith("wsi_saliency.synthetic.")
+        }
+        assert used <= ok, f"synthetic/{name}.py imports {used - ok}"
 
 
 def test_render_shape_dtype_determinism():
@@ -98,8 +131,8 @@ def test_physical_scale_half_resolution_looks_like_downsample():
 def test_nuclear_morphology_differs_by_class():
     """Tumour nuclei are about twice the radius of lymphocytes (sizes in microns)."""
     mpp = 0.5
-    lymph = synthetic._stamps(0, mpp, 3)
-    tumour = synthetic._stamps(1, mpp, 3)
+    lymph = tissue._stamps(0, mpp, 3)
+    tumour = tissue._stamps(1, mpp, 3)
     r_lymph = np.sqrt((lymph > 0.15).sum(axis=(1, 2)) * mpp**2 / np.pi)
     r_tumour = np.sqrt((tumour > 0.15).sum(axis=(1, 2)) * mpp**2 / np.pi)
     assert 3.2 < np.median(r_lymph) < 4.8
@@ -171,7 +204,7 @@ def test_write_sample_dataset_pcam_layout(tmp_path):
 
 
 def test_main_writes_patches(tmp_path, capsys):
-    rc = synthetic.main(
+    rc = sample.main(
         [str(tmp_path), "--no-slide", "--n-train", "4", "--n-valid", "2", "--n-test", "2"]
     )
     assert rc == 0
@@ -185,7 +218,7 @@ def test_main_writes_patches(tmp_path, capsys):
 
 
 def test_committed_sample_patches_regenerate():
-    """sample_data/pcam is what ``python -m wsi_saliency.data.synthetic sample_data`` writes."""
+    """sample_data/pcam is what ``python -m wsi_saliency.synthetic sample_data`` writes."""
     folder = Path(__file__).resolve().parents[1] / "sample_data" / "pcam"
     xf = folder / "camelyonpatch_level_2_split_valid_x.h5"
     if not xf.is_file():

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from wsi_saliency.data.annotations import rasterize, read_asap_xml
-from wsi_saliency.data.synthetic import render_tissue
-from wsi_saliency.data.synthetic_slide import (
+from wsi_saliency.errors import DataError, InputError
+from wsi_saliency.synthetic.slides import (
     CAMELYON16_MPP,
     SyntheticSlideInfo,
     load_camelyon16_polygons,
@@ -19,7 +19,7 @@ from wsi_saliency.data.synthetic_slide import (
     render_slide_tile,
     write_synthetic_slide,
 )
-from wsi_saliency.errors import DataError, InputError
+from wsi_saliency.synthetic.tissue import render_tissue
 
 openslide = pytest.importorskip("openslide")
 
@@ -165,7 +165,7 @@ def test_deterministic_pixels(tmp_path, small_slide):
 
 def test_reduced_levels_via_memory_map(tmp_path, monkeypatch, small_slide):
     """Big slides buffer reduced levels in a temporary memory map: same pixels, no leftovers."""
-    from wsi_saliency.data import synthetic_slide
+    from wsi_saliency.synthetic import slides as synthetic_slide
 
     monkeypatch.setattr(synthetic_slide, "_MEMMAP_BYTES", 0)
     info = _write_small(tmp_path / "mm.tif", small_slide.lesions, small_slide.tissue)

@@ -23,7 +23,7 @@ def sample_data_dir(out: Path, log: Callable[[str], None]) -> Path:
     target = out / "sample_data"
     if not (target / "slide" / "sample_slide.tif").is_file():
         log(f"sample_data/ not found beside the package: generating it in {target}")
-        from wsi_saliency.data.synthetic import main as generate
+        from wsi_saliency.synthetic.sample import main as generate
 
         generate([str(target)])
     return target

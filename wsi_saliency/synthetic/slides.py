@@ -1,7 +1,7 @@
 """Synthetic whole-slide images: a tiled pyramidal TIFF that OpenSlide opens, plus ASAP XML.
 
 A slide is a few irregular tissue blobs on white glass, rendered tile by tile with
-:func:`wsi_saliency.data.synthetic.render_tissue` at the slide's level-0 resolution, with
+:func:`wsi_saliency.synthetic.tissue.render_tissue` at the slide's level-0 resolution, with
 metastatic tumour inside given lesion polygons, and optionally a green pen mark and a dark area
 (debris) on the glass that a tissue detector should exclude.
 
@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from wsi_saliency.data.annotations import Annotation, rasterize, write_asap_xml
-from wsi_saliency.data.synthetic import random_blob_polygon, render_tissue
 from wsi_saliency.errors import DataError, InputError
+from wsi_saliency.synthetic.tissue import random_blob_polygon, render_tissue
 
 __all__ = [
     "CAMELYON16_MPP",
@@ -598,7 +598,7 @@ def write_synthetic_slide(
 
         description = json.dumps(
             {
-                "generator": "wsi_saliency.data.synthetic_slide",
+                "generator": "wsi_saliency.synthetic.slides",
                 "seed": int(seed),
                 "mpp": float(mpp),
                 "lesions": len(lesions_t),
