@@ -96,6 +96,83 @@ def test_official_quirk_drops_the_lowest_probability_only_when_asked():
     assert froc_curve([hits], official_quirks=True).score() == pytest.approx(0.0)
 
 
+# Ties between a lesion hit and a false positive, worked through Evaluation_FROC.py by hand.
+# compute_FP_TP_Probs keeps false positives as Python floats and each lesion's best hit in a
+# float32 array (TP_probs, 0 = missed); computeFROC takes the thresholds all_probs[1:] of the
+# sorted distinct values of both and counts, at each threshold t, the false positives with
+# fp >= t (float64) and the lesions with TP >= t compared in float32 (a float32 array against
+# a Python float), then appends the point (0, 0). float32(0.7) = 0.699999988 < 0.7;
+# float32(0.99999994) = 0.9999999404 > 0.99999994.
+#
+# tie_07: one lesion hit at 0.7, one false positive at 0.7 (one slide).
+#   all_probs = [0.699999988, 0.7] -> thresholds [0.7]; at 0.7: 1 FP, and
+#   0.699999988 >= float32(0.7) = 0.699999988: 1 lesion. Curve (FP, sens): (1, 1), (0, 0).
+#   interp at 1/4, 1/2, 1, 2, 4, 8: 0.25, 0.5, 1, 1, 1, 1 -> 4.75 / 6 = 0.7917.
+#   (The old official_quirks code compared 0.699999988 with 0.7 in float64: 0 lesions, 0.0.)
+# float32_equal: the hit at 0.70000001 (float32 0.699999988 too), the false positive at 0.7:
+#   the same float32 array and thresholds as tie_07 -> 0.7917. (The old default mode compared
+#   in float64: a point (0 FP, 1 lesion) at 0.70000001 -> 1.0.)
+# saturated: lesion A hit at 0.99999994, lesion C missed (0), a false positive at 0.99999994.
+#   all_probs = [0, 0.99999994, 0.9999999404] -> thresholds [0.99999994, 0.9999999404];
+#   at 0.99999994: 1 FP, float32(0.99999994) = 0.9999999404 <= 0.9999999404: 1 of 2 lesions;
+#   at 0.9999999404: 0 FP (0.99999994 < 0.9999999404), 1 of 2. Curve (1, .5), (0, .5), (0, 0):
+#   0.5 at every rate -> 0.5. (The old default mode compared in float64: only (1, .5) and
+#   (0, 0) -> 0.125, 0.25, 0.5, 0.5, 0.5, 0.5 -> 0.3958.)
+# The default mode (no dropped threshold) gives the same curves: tie_07 and float32_equal also
+# have the threshold 0.699999988 (1 FP, 1 lesion: the same point again); in saturated the
+# dropped lowest value is the missed lesion's 0.
+TIE_CASES = {
+    "tie_07": (0.7, 0.7, [0.25, 0.5, 1, 1, 1, 1]),
+    "float32_equal": (0.70000001, 0.7, [0.25, 0.5, 1, 1, 1, 1]),
+    "saturated": (0.99999994, 0.99999994, [0.5] * 6),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TIE_CASES))
+@pytest.mark.parametrize("official_quirks", [False, True])
+def test_tied_lesion_hit_and_false_positive_count_together(case, official_quirks):
+    hit, fp, sens = TIE_CASES[case]
+    # tie cases: lesion A only; saturated: lesions A and C (C is missed).
+    m = _hand_case_mask()[:100, :] if case == "saturated" else _hand_case_mask()[:100, :70]
+    mask = evaluation_mask(m, MPP)
+    hits = match_detections([hit, fp], [_l0(41, 41), _l0(90, 10)], mask)
+    assert hits.fp_probs.tolist() == [fp] and hits.n_hit == 1
+    assert hits.n_lesions == (2 if case == "saturated" else 1)
+    curve = froc_curve([hits], official_quirks=official_quirks)
+    np.testing.assert_allclose(curve.sensitivity_at(), sens)
+    assert curve.score() == pytest.approx(np.mean(sens))
+
+
+def test_empty_tumour_mask_makes_the_official_corner_itc_only_under_quirks():
+    empty = np.zeros((100, 70), bool)
+    assert evaluation_mask(empty, MPP).n_regions == 0
+    # Evaluation_FROC.py: distance_transform_edt of an image without a zero (no tumour pixel)
+    # is hypot(r + 1, c) in scipy (a virtual zero at row -1, col 0); kept where below
+    # 75 / (7.776 * 2) = 4.82 px, i.e. (r + 1)^2 + c^2 < 23.26: rows 0..3 with cols 0..4, 0..4,
+    # 0..3, 0..2 (17 px), one region whose major axis (~5.6 px) is under 35.37 px: an ITC.
+    mask = evaluation_mask(empty, MPP, official_quirks=True)
+    expected = np.zeros((100, 70), np.int32)
+    for r, n in enumerate((5, 5, 4, 3)):
+        expected[r, :n] = 1
+    np.testing.assert_array_equal(mask.labels, expected)
+    assert mask.n_itc == 1 and mask.n_lesions == 0
+    xy = [_l0(1, 1), _l0(50, 50)]
+    quirky = match_detections([0.95, 0.6], xy, mask)
+    assert quirky.n_ignored == 1 and quirky.fp_probs.tolist() == [0.6]
+    plain = match_detections([0.95, 0.6], xy, evaluation_mask(empty, MPP))
+    assert plain.n_ignored == 0 and plain.fp_probs.tolist() == [0.95, 0.6]
+    # With a slide whose lesion A is hit at 0.9 and the empty-mask slide with 0.95 in the
+    # corner: the script has no false positive, TP_probs [0.9] and [0] (the ITC), thresholds
+    # [0.9] (the ITC's 0 dropped): 0 FP, 1 of 1 lesion -> curve (0, 1), (0, 0): 1.0 at every
+    # rate. (Without the corner region 0.95 is a false positive and the dropped lowest value
+    # is 0.9: only (0.5, 0) at 0.95 -> 0.0.)
+    lesion = match_detections(
+        [0.9], [_l0(30, 30)], evaluation_mask(_hand_case_mask()[:100, :70], MPP)
+    )
+    corner = match_detections([0.95], [_l0(1, 1)], mask)
+    assert froc_curve([lesion, corner], official_quirks=True).score() == pytest.approx(1.0)
+
+
 def test_lesions_closer_than_75um_merge_and_holes_fill():
     # Edge pixel centres 9 px (70 um) apart merge; 11 px (85.5 um) apart stay separate.
     m = np.zeros((60, 120), bool)
@@ -323,6 +400,28 @@ def test_cli_reproduces_the_hand_computed_froc(tmp_path):
     # The default threshold (0.5) loses lesion C's detection: A only, FPs 0.7 -> lower FROC.
     result = runner.invoke(app, [*args, "--json"])
     assert json.loads(result.stdout)["froc"] < HAND_FROC
+
+
+def test_cli_official_quirks_gives_an_empty_tumour_mask_its_corner_itc(tmp_path):
+    scans, ann, ref = _hand_case_files(tmp_path)
+    hm = np.full((100, 100), 0.01, np.float32)
+    hm[0, 0] = 0.95  # level-0 (32, 32): mask pixel (1, 1), in the official corner region
+    _fake_scan(scans, "tumour_2", hm, 64, MPP, (6400, 6400))
+    # Only an exclusion: no tumour pixel.
+    excl = np.array([[640, 640], [1280, 640], [1280, 1280], [640, 1280]], float)
+    write_asap_xml(ann / "tumour_2.xml", [Annotation("x", "_2", excl)])
+    ref.write_text(ref.read_text() + "tumour_2,Tumor\n")
+    args = ["evaluate-slides", str(scans), "-r", str(ref), "-a", str(ann), "--json"]
+    args += ["--out", str(tmp_path / "eval"), "--detection-threshold", "0.1", "--bootstrap", "0"]
+    counts = {}
+    for quirks in (False, True):
+        result = runner.invoke(app, args + ["--official-quirks"] * quirks)
+        assert result.exit_code == 0, result.output
+        m = json.loads(result.stdout)
+        assert any("no tumour area" in w and "tumour_2" in w for w in m["warnings"])
+        c = m["counts"]
+        counts[quirks] = (c["itc_regions"], c["ignored_on_itc"], c["false_positives"])
+    assert counts == {False: (1, 1, 4), True: (2, 2, 3)}
 
 
 def _run_bad(args):

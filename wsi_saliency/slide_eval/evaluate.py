@@ -286,8 +286,9 @@ def evaluate_slides(
         mask = None
         if ann is not None:
             l0_per_px = MASK_UM_PER_PX / mpp
-            mask = evaluation_mask(tumour_mask(ann, dims, l0_per_px), mpp)
-            if mask.n_regions == 0:
+            tumour = tumour_mask(ann, dims, l0_per_px)
+            mask = evaluation_mask(tumour, mpp, official_quirks=cfg.official_quirks)
+            if not tumour.any():
                 warn(f"{ann}: no tumour area in the annotation of tumour slide {row.stem}")
         hits = match_detections(dets.probs, dets.l0_xy, mask)
         records.append(

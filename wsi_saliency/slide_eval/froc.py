@@ -20,6 +20,12 @@ What the official script (Babak Ehteshami Bejnordi, 2016) does, and what is done
 4. **Curve** (``computeFROC``): false positives pooled over all slides (normal ones included)
    and divided by the number of slides; sensitivity = lesions hit at or above the threshold /
    all non-ITC lesions. Thresholds are the distinct probabilities; the point (0, 0) is added.
+   The script keeps each lesion's best hit in a float32 array (``TP_probs``) and false
+   positives as Python floats, so at a threshold ``t`` a false positive counts when
+   ``p >= t`` (float64) and a lesion when ``float32(p) >= float32(t)``: a hit and a false
+   positive at the same probability (0.7 and 0.7, 0.99999994 and 0.99999994) count together
+   at that threshold, and the thresholds include the float32 lesion values. Both modes do
+   exactly this (thresholds in order of value, as under the NumPy 1.x the script needs).
 5. **Score**: ``np.interp`` of the curve at 1/4, 1/2, 1, 2, 4, 8 average false positives per
    slide (the curve taken in order of increasing false positives, as the script does, so
    beyond the last point the sensitivity stays at its last value), and their mean.
@@ -29,13 +35,16 @@ missed lesions and the ITC regions probability-0 entries and drops the lowest di
 probability from the thresholds (``all_probs[1:]``) so that those zeros never count. When no
 lesion is missed and there is no ITC, that drops a real detection probability (e.g. a perfect
 detector scores sensitivity below 1). Here the thresholds are the distinct probabilities of
-real detections, which gives the same curve whenever a lesion is missed or an ITC exists (the
-usual case on Camelyon16). ``official_quirks=True`` reproduces the script bit for bit, down to
-its float32 rounding of lesion probabilities (which can put a lesion hit at 0.7 just under a
-false positive's 0.7 threshold). Also:
-a detection exactly on probability 0 never hits a lesion (the script compares ``>`` against
-an initial 0); kept. A detection outside the mask grid reads label 0 here (the script would
-index past the array).
+real detections (false positives and the float32 values of lesion hits), which gives the same
+curve whenever a lesion is missed or an ITC exists and no detection has probability 0 (the
+usual case on Camelyon16). ``official_quirks=True`` reproduces the script bit for bit,
+including its evaluation mask of a tumour slide whose mask is empty: the distance transform of
+an image without a tumour pixel measures (scipy) from the virtual pixel (row -1, col 0), which
+leaves a small region at the top-left corner (17 pixels on a grid of at least 4 x 5), an ITC,
+so detections there are ignored. By default such a slide has no region (every detection is a
+false positive). Also: a detection exactly on probability 0 never hits a lesion (the script
+compares ``>`` against an initial 0); kept. A detection outside the mask grid reads label 0
+here (the script would index past the array).
 """
 
 from __future__ import annotations
@@ -124,6 +133,7 @@ def evaluation_mask(
     um_per_px: float = MASK_UM_PER_PX,
     merge_distance_um: float = MERGE_DISTANCE_UM,
     itc_max_axis_um: float = ITC_MAX_AXIS_UM,
+    official_quirks: bool = False,
 ) -> EvaluationMask:
     """Grow, fill and label the lesions of a tumour mask; mark the ITC regions.
 
@@ -134,11 +144,14 @@ def evaluation_mask(
         um_per_px: microns per mask pixel (Camelyon16: 0.243 x 32 = 7.776).
         merge_distance_um: lesions closer than this merge (75 um).
         itc_max_axis_um: regions with a shorter major axis are ITC (275 um).
+        official_quirks: an empty ``tumour`` gets the script's ITC region at the top-left
+            corner (see the module docstring) instead of no region.
     """
     from scipy import ndimage as ndi
 
     tumour = np.asarray(tumour, dtype=bool)
-    if tumour.any():
+    if tumour.any() or official_quirks:
+        # (Empty tumour: scipy measures from a virtual pixel (row -1, col 0), as in the script.)
         distance = ndi.distance_transform_edt(~tumour)
         grown = distance < merge_distance_um / (um_per_px * 2)
         filled = ndi.binary_fill_holes(grown)
@@ -261,19 +274,17 @@ def froc_curve(slides: Sequence[SlideHits], *, official_quirks: bool = False) ->
     if not slides:
         raise ValueError("froc_curve needs at least one slide")
     fp = np.sort(np.concatenate([s.fp_probs for s in slides]))
-    lesions = np.concatenate([s.lesion_probs for s in slides])
+    # The script's float32 TP_probs: lesions compare with each threshold in float32.
+    lesions = np.concatenate([s.lesion_probs for s in slides]).astype(np.float32)
     tp = np.sort(lesions[lesions > 0])
     if official_quirks:
-        # The script keeps lesion probabilities in a float32 array, false positives as floats.
-        lesions = lesions.astype(np.float32).astype(np.float64)
-        tp = np.sort(lesions[lesions > 0])
         itc_zeros = np.zeros(sum(s.n_itc_regions for s in slides))
-        every = np.unique(np.concatenate([fp, lesions, itc_zeros]))
+        every = np.unique(np.concatenate([fp, lesions.astype(np.float64), itc_zeros]))
         thresholds = every[1:]
     else:
-        thresholds = np.unique(np.concatenate([fp, tp]))
+        thresholds = np.unique(np.concatenate([fp, tp.astype(np.float64)]))
     n_fp = fp.size - np.searchsorted(fp, thresholds, side="left")
-    n_tp = tp.size - np.searchsorted(tp, thresholds, side="left")
+    n_tp = tp.size - np.searchsorted(tp, thresholds.astype(np.float32), side="left")
     n_slides, n_lesions = len(slides), int(lesions.size)
     avg_fp = np.r_[n_fp, 0] / n_slides
     with np.errstate(invalid="ignore", divide="ignore"):
