@@ -2,6 +2,7 @@
 level-0 pixels, the server's answers (tiles on demand, 404s, no escape from OUT), bad input.
 The pages in a real browser: tests/test_review_browser.py."""
 
+import html
 import http.client
 import json
 import re
@@ -114,6 +115,8 @@ def test_cohort_page_sorted_by_score_and_without_regions(fresh_out):
     assert not (fresh_out / "small" / "review" / "slide_files").exists()
     data = page_data(page.page)
     assert data["regions"] == [] and data["base"]["overview"] == "review/overview.jpg"
+    result = runner.invoke(app, ["review", str(fresh_out), "--no-tiles", "--top-k", "0"])
+    assert result.exit_code == 0 and "2 slide pages, 1 failed" in result.stdout, result.output
 
 
 def scan_out_slide(out):
@@ -151,6 +154,91 @@ def test_unreadable_scan_h5_fails_that_slide_only(fresh_out):
     assert "cannot read" in site.index.read_text()
     result = runner.invoke(app, ["review", str(fresh_out), "--no-tiles"])
     assert result.exit_code == 1 and "error: cannot read" in result.output
+
+
+def _summary_with(**fields) -> bytes:
+    summary = {"slide": "bad.tif", "score_max": 0.5, "score_top10_mean": 0.4}
+    summary.update(patches_scored=7, area_above_threshold_mm2=0.1)
+    return json.dumps({**summary, **fields}).encode()
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"\xff\xfe{}", "summary.json: not valid UTF-8"),
+        (b"[1, 2]", "summary.json: expected a JSON object, got a list"),
+        (b'"done"', "summary.json: expected a JSON object, got a string"),
+        (b"scan finished\n", "summary.json: not valid JSON"),
+        (b"", "summary.json: not valid JSON"),
+        (b"[" * 100_000, "summary.json: not valid JSON"),  # nested too deeply for the parser
+        (_summary_with(patches_scored="abc"), "'patches_scored' must be an integer, got 'abc'"),
+        (_summary_with(patches_scored=7.5), "'patches_scored' must be an integer, got 7.5"),
+        (_summary_with(patches_scored=True), "'patches_scored' must be an integer, got true"),
+        (_summary_with(patches_scored=-1), "'patches_scored' must be 0 or more, got -1"),
+        (_summary_with(score_max="high"), "'score_max' must be a number, got 'high'"),
+        (_summary_with(score_max=[1]), "'score_max' must be a number, got a list"),
+        (b'{"score_max": NaN}', "'score_max' must be a finite number, got NaN"),
+        (_summary_with(score_top10_mean={}), "'score_top10_mean' must be a number, got an object"),
+        (_summary_with(area_above_threshold_mm2="1"), "'area_above_threshold_mm2' must be a"),
+        (_summary_with(slide=3), "'slide' must be a string, got 3"),
+    ],
+    ids=lambda v: v[:24].decode("latin-1") if isinstance(v, bytes) else None,
+)
+def test_malformed_summary_fails_that_slide_only(fresh_out, content, reason):
+    from _review_data import write_scan
+
+    write_scan(fresh_out / "bad", scan_out_slide(fresh_out))
+    (fresh_out / "bad" / "summary.json").write_bytes(content)
+    site = build_review(fresh_out, tiles=False, top_k=1)
+    assert [p.stem for p in site.pages] == ["small"]
+    assert (fresh_out / "small" / "review.html").is_file()
+    [bad] = site.unbuilt
+    assert bad in site.failed and bad.stem == "bad" and bad.status == "failed"
+    assert reason in bad.error and str(fresh_out / "bad" / "summary.json") in bad.error
+    assert "\n" not in bad.error and "--overwrite" in bad.error
+    assert not (fresh_out / "bad" / "review.html").exists()
+    index = site.index.read_text()
+    failures = index[index.index("<section id=failed>") :]
+    assert 'data-stem="bad"' in failures and html.escape(reason) in failures
+    assert 'data-stem="broken"' in failures  # the slide that failed during the scan
+    assert "1 slide reviewed, 2 failed" in index
+
+
+def test_cli_review_writes_the_site_and_exits_1_on_malformed_summaries(fresh_out):
+    from _review_data import write_scan
+
+    for stem, content in (("bad1", b"[]"), ("bad2", _summary_with(patches_scored="abc"))):
+        write_scan(fresh_out / stem, scan_out_slide(fresh_out))
+        (fresh_out / stem / "summary.json").write_bytes(content)
+    result = runner.invoke(app, ["review", str(fresh_out), "--no-tiles"])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("error: ") for line in lines), lines
+    assert "bad1" in lines[0] and "summary.json: expected a JSON object, got a list" in lines[0]
+    assert "bad2" in lines[1] and "'patches_scored' must be an integer, got 'abc'" in lines[1]
+    assert "1 slide page, 3 failed" in result.stdout
+    index = (fresh_out / "index.html").read_text()
+    assert 'data-stem="bad1"' in index and 'data-stem="bad2"' in index
+    assert (fresh_out / "small" / "review.html").is_file()
+
+
+def test_cli_serve_writes_pages_despite_a_malformed_summary(fresh_out, monkeypatch):
+    from _review_data import write_scan
+
+    def stop(self, *a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ReviewServer, "serve_forever", stop)
+    write_scan(fresh_out / "bad", scan_out_slide(fresh_out))
+    (fresh_out / "bad" / "summary.json").write_text("scan finished")
+    result = runner.invoke(app, ["serve", str(fresh_out), "--port", "0"])
+    assert result.exit_code == 0, result.output  # serves the pages it could write
+    assert "Traceback" not in result.output
+    assert "error: " in result.stderr and "summary.json: not valid JSON" in result.stderr
+    assert re.search(r"serving .* at http://127\.0\.0\.1:\d+/", result.stdout)
+    index = (fresh_out / "index.html").read_text()
+    assert 'data-stem="bad"' in index and "small/review.html" in index
 
 
 # -- layers -----------------------------------------------------------------------------------
@@ -225,7 +313,7 @@ def test_tissue_outline_of_a_box_in_level0_pixels():
 def test_cli_review_and_bad_input(fresh_out, tmp_path):
     result = runner.invoke(app, ["review", str(fresh_out), "--no-tiles", "--top-k", "3"])
     assert result.exit_code == 0, result.output
-    assert "1 slide pages, 1 failed" in result.output and "wsi-saliency serve" in result.output
+    assert "1 slide page, 1 failed" in result.output and "wsi-saliency serve" in result.output
     assert page_data(fresh_out / "small" / "review.html")["gallery"][2]["rank"] == 3
 
     empty = tmp_path / "empty"
@@ -276,6 +364,7 @@ def served(fresh_out, tmp_path):
     (fresh_out / "small" / "link").symlink_to(secret)
     logged: list[str] = []
     server = make_server(fresh_out, port=0, log=logged.append)
+    server.logged = logged  # what the server reported, for the tests
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server, fresh_out
@@ -336,6 +425,35 @@ def test_server_serves_pages_and_makes_tiles_on_demand(served):
 def test_server_404s_bad_paths_and_never_leaves_out(served, path):
     status, _, body = get(served[0], path)
     assert status == 404 and b"private" not in body
+
+
+LONG = "a" * 256
+
+
+@pytest.mark.network
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"/{LONG}",
+        f"/{'a' * 255}",  # the longest file name Linux allows: not there, a plain 404
+        f"/small/{LONG}",
+        f"/small/review/{LONG}.png",
+        f"/{LONG}/review/slide.dzi",
+        f"/small/review/slide_files/11/{'1' * 300}_0.jpeg",  # a tile path, never made
+        "/" + "%C3%A9" * 128,  # 128 characters, 256 bytes
+        "/" + "/".join(["a" * 200] * 25),  # each name fits, the whole path does not
+    ],
+    ids=lambda p: f"{p[:20]}...({len(p)})",
+)
+def test_server_404s_overlong_names_without_traceback(served, path, capsys):
+    server, _ = served
+    for method in ("GET", "HEAD"):
+        status, kind, body = get(server, path, method)
+        assert status == 404 and kind.startswith("text/plain"), (method, status)
+    assert get(server, "/small/review.html")[0] == 200  # still serving
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Errno" not in err, err
+    assert server.logged == []
 
 
 def test_static_files_are_package_data():

@@ -32,7 +32,13 @@ def review_command(
         typer.Option(help="Folder to look in for slides that moved since the scan (by name)."),
     ] = None,
 ) -> None:
-    """Write OUT/index.html (slides by score) and a zoomable viewer page per slide."""
+    """Write OUT/index.html (slides by score) and a zoomable viewer page per slide.
+
+    A slide whose outputs cannot be read (scan.h5, summary.json) is listed as failed on
+    OUT/index.html and reported on stderr, one line each; the other pages are still written
+    and the command then exits 1. Slides that failed during the scan are listed as failed
+    too, without changing the exit code (scan reported them).
+    """
     with cli_errors():
         from wsi_saliency.review.site import build_review
 
@@ -46,7 +52,8 @@ def review_command(
         )
         served = sum(not p.tiles_written for p in site.pages)
         typer.echo(
-            f"{len(site.pages)} slide pages, {len(site.failed)} failed -> {site.index}"
+            f"{len(site.pages)} slide page{'' if len(site.pages) == 1 else 's'}, "
+            f"{len(site.failed)} failed -> {site.index}"
             + (
                 f" ({served} without tiles: view them with 'wsi-saliency serve {out}')"
                 if served

@@ -1,7 +1,8 @@
 """A local web server for a review site: its files, and slide tiles made on demand.
 
 ``GET /`` is ``OUT/index.html``; any other path is a file under ``OUT`` (no hidden names, no
-``..``, nothing that resolves outside ``OUT``: those are 404). Deep Zoom requests of a slide
+``..``, nothing that resolves outside ``OUT``, no name or path too long for the filesystem:
+those are 404). Deep Zoom requests of a slide
 page, ``/<stem>/review/slide.dzi`` and ``/<stem>/review/slide_files/<level>/<col>_<row>.jpeg``,
 are answered from disk when ``review`` wrote the tiles and otherwise made from the slide
 named in ``<stem>/review/manifest.json``, with a few slides kept open. Bind to 127.0.0.1 (the
@@ -38,6 +39,7 @@ CONTENT_TYPES = {
     ".h5": "application/x-hdf5",
 }
 _TILE = re.compile(r"^(\d+)/(\d+)_(\d+)\.jpeg$")
+NAME_MAX = 255  # bytes in a file name (Linux, macOS): a longer URL segment is a 404
 
 
 class SlideCache:
@@ -97,23 +99,28 @@ class _Handler(BaseHTTPRequestHandler):
         parts = _safe_parts(urlsplit(self.path).path)
         if parts is None:
             return self._status(HTTPStatus.NOT_FOUND, send_body)
-        path = self.server.root.joinpath(*parts) if parts else self.server.root
-        if path.is_dir():
-            path = path / "index.html"
         try:
-            resolved = path.resolve()
-        except OSError:
+            file = self._file(parts)
+            body = file.read_bytes() if file is not None else None
+        except OSError:  # a name or path too long, a loop, no permission: nothing to serve
             return self._status(HTTPStatus.NOT_FOUND, send_body)
-        if resolved.is_file() and resolved.is_relative_to(self.server.root):
-            try:
-                body = resolved.read_bytes()
-            except OSError:
-                return self._status(HTTPStatus.NOT_FOUND, send_body)
-            return self._send(body, CONTENT_TYPES.get(resolved.suffix.lower()), send_body)
+        if file is not None and body is not None:
+            return self._send(body, CONTENT_TYPES.get(file.suffix.lower()), send_body)
         body = self._deepzoom(parts)
         if body is None:
             return self._status(HTTPStatus.NOT_FOUND, send_body)
         self._send(*body, send_body)
+
+    def _file(self, parts: list[str]) -> Path | None:
+        """The file under the root that ``parts`` names (a folder: its ``index.html``), or None
+        when there is none there or it resolves outside the root. Raises ``OSError``."""
+        path = self.server.root.joinpath(*parts) if parts else self.server.root
+        if path.is_dir():
+            path = path / "index.html"
+        resolved = path.resolve()
+        if resolved.is_file() and resolved.is_relative_to(self.server.root):
+            return resolved
+        return None
 
     def _deepzoom(self, parts: list[str]) -> tuple[bytes, str] | None:
         """Tiles of ``<stem>/review/slide...`` made from the slide; None when not such a path."""
@@ -157,12 +164,15 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def _safe_parts(url_path: str) -> list[str] | None:
-    """The URL path's segments, or None when one is empty-ish, hidden or tries to escape."""
+    """The URL path's segments, or None when one is empty-ish, hidden, tries to escape or is
+    longer than a file name can be (``NAME_MAX``, 255 bytes)."""
     parts = [unquote(p) for p in url_path.split("/")[1:]]
     if parts and parts[-1] == "":
         parts = parts[:-1]  # a trailing slash: the folder's index.html
     for part in parts:
         if not part or part.startswith(".") or any(ch in part for ch in "/\\\x00") or ":" in part:
+            return None
+        if len(part.encode("utf-8", "surrogateescape")) > NAME_MAX:
             return None
     return parts
 

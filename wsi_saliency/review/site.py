@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import html
 import json
+import math
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +29,9 @@ STATIC_DIR = "_review_static"
 
 @dataclass(frozen=True)
 class CohortEntry:
-    """One slide of the scan folder: ``status`` is ``done`` (outputs complete) or ``failed``."""
+    """One slide of the scan folder. ``status``: ``done`` (outputs complete), ``failed`` (the
+    scan failed or left no complete outputs) or ``invalid`` (outputs there, but
+    ``summary.json`` is malformed); ``error`` says why for the last two."""
 
     stem: str
     slide: str
@@ -60,17 +63,83 @@ def _float(text) -> float | None:
         return None
 
 
-def _summary(folder: Path) -> dict | None:
+def _describe(value) -> str:
+    """A JSON value for a one-line message: scalars as written, containers by kind."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, (list, dict)):
+        return "a list" if isinstance(value, list) else "an object"
+    if isinstance(value, str) and len(value) > 40:
+        value = value[:40] + "…"
+    text = repr(value)  # a str's quotes and escapes keep it on one line
+    return text if len(text) <= 60 else text[:60] + "…"
+
+
+def _summary_problem(summary) -> str | None:
+    """What is wrong with a parsed ``summary.json`` for the review, or None when nothing is.
+
+    The review reads ``slide`` (a string), ``score_max``, ``score_top<k>_mean`` and
+    ``area_above_threshold_mm2`` (numbers; null, which the scan writes for NaN, shows as
+    "–") and ``patches_scored`` (an integer, 0 or more). Each may be absent (shown as "–");
+    fields the review does not read are not checked.
+    """
+    if not isinstance(summary, dict):
+        kind = {list: "a list", str: "a string", type(None): "null", bool: "a boolean"}
+        return f"expected a JSON object, got {kind.get(type(summary), 'a number')}"
+    for key, value in summary.items():
+        if key == "slide" and not isinstance(value, str):
+            return f"'slide' must be a string, got {_describe(value)}"
+        if key == "patches_scored":
+            if isinstance(value, bool) or not isinstance(value, int):
+                return f"'patches_scored' must be an integer, got {_describe(value)}"
+            if value < 0:
+                return f"'patches_scored' must be 0 or more, got {value}"
+        if key in ("score_max", "area_above_threshold_mm2") or key.startswith("score_top"):
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return f"'{key}' must be a number, got {_describe(value)}"
+            if not math.isfinite(value):
+                return f"'{key}' must be a finite number, got {_describe(value)}"
+    return None
+
+
+def read_summary(path: str | Path) -> dict:
+    """The ``summary.json`` of a scanned slide, checked for what the review reads.
+
+    ``DataError`` with one line naming the file and what is wrong (not UTF-8, not JSON, not an
+    object, a field of the wrong type) and what to do.
+    """
+    path = Path(path)
+    fix = "rescan the slide with --overwrite"
     try:
-        return json.loads((folder / "summary.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc}); {fix}") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not valid UTF-8 (byte {exc.start}); {fix}") from None
+    try:
+        summary = json.loads(text)
+    except ValueError as exc:  # JSONDecodeError, or an integer of over 4300 digits
+        raise DataError(f"{path}: not valid JSON ({exc}); {fix}") from None
+    except RecursionError:
+        raise DataError(f"{path}: not valid JSON (nested too deeply); {fix}") from None
+    problem = _summary_problem(summary)
+    if problem:
+        raise DataError(f"{path}: {problem}; {fix}")
+    return summary
 
 
 def read_cohort(out: str | Path) -> list[CohortEntry]:
     """The slides of scan folder ``out``: rows of ``cohort.csv`` plus any complete
     ``<stem>/`` folder it does not list (scanned by an earlier run). Scores come from each
-    slide's ``summary.json``. ``InputError`` when ``out`` holds no scan outputs."""
+    slide's ``summary.json`` (see :func:`read_summary`); a slide whose ``summary.json`` is
+    malformed is an ``invalid`` entry with the reason, not an exception. ``InputError`` when
+    ``out`` holds no scan outputs."""
     out = Path(out)
     if not out.is_dir():
         raise InputError(f"{out} is not a folder: pass the --out folder of 'wsi-saliency scan'")
@@ -103,7 +172,11 @@ def read_cohort(out: str | Path) -> list[CohortEntry]:
             error = (row.get("error") or "").strip() or f"no complete outputs in {folder}"
             entries.append(CohortEntry(stem, row["slide"], "failed", error=error))
             continue
-        summary = _summary(folder) or {}
+        try:
+            summary = read_summary(folder / "summary.json")
+        except DataError as exc:
+            entries.append(CohortEntry(stem, row["slide"], "invalid", error=str(exc)))
+            continue
         topk = next((v for k, v in summary.items() if k.startswith("score_top")), None)
         entries.append(
             CohortEntry(
@@ -112,7 +185,7 @@ def read_cohort(out: str | Path) -> list[CohortEntry]:
                 "done",
                 _float(summary.get("score_max", row.get("score_max"))),
                 _float(topk if topk is not None else row.get("score_topk_mean")),
-                int(summary["patches_scored"]) if "patches_scored" in summary else None,
+                summary.get("patches_scored"),
                 summary=summary,
             )
         )
@@ -141,7 +214,9 @@ def build_review(
     ``top_k``: patches in each gallery. ``tiles``: write Deep Zoom tiles (True), never (False),
     or for slides of at most ``tiles_limit_px`` level-0 pixels (None). ``slides_dir``: where to
     look for slide files that moved since the scan (by file name). A slide whose page cannot
-    be made is listed as failed, with the reason, instead of stopping the others.
+    be made (unreadable ``scan.h5``, malformed ``summary.json``) is listed as failed, with the
+    reason, instead of stopping the others; those are also in ``ReviewSite.unbuilt`` and are
+    reported to ``log`` as ``error: <reason>``, one line each.
     """
     out = Path(out)
     entries = read_cohort(out)
@@ -155,6 +230,12 @@ def build_review(
     failed: list[CohortEntry] = []
     unbuilt: list[CohortEntry] = []
     for entry in entries:
+        if entry.status == "invalid":  # outputs there but malformed: this review failed
+            unbuilt.append(_failed(entry, f"review: {entry.error}"))
+            failed.append(unbuilt[-1])
+            if log:
+                log(f"error: {entry.error}")
+            continue
         if entry.status != "done":
             failed.append(entry)
             continue
