@@ -168,7 +168,10 @@ class ScanConfig:
         _check(self.batch_size >= 1, "scan.batch_size must be >= 1")
         _check(0 <= self.min_tissue_fraction <= 1, "scan.min_tissue_fraction must be in [0, 1]")
         _check(self.thumb_mpp > 0, "scan.thumb_mpp must be > 0")
-        _check(self.slide_mpp is None or self.slide_mpp > 0, "--slide-mpp must be > 0 microns")
+        _check(
+            self.slide_mpp is None or self.slide_mpp > 0,
+            "scan.slide_mpp must be > 0 microns per pixel",
+        )
         _check(0 <= self.mpp_tolerance < 0.5, "scan.mpp_tolerance must be in [0, 0.5)")
         _check(2 <= self.gradcam_cells <= 96, "scan.gradcam_cells must be in [2, 96]")
         _check(self.workers is None or self.workers >= 0, "scan.workers must be >= 0 or null")
@@ -256,9 +259,15 @@ def parse_override(text: str) -> tuple[str, str, Any]:
 
 
 def load_config(
-    path: str | Path | None = None, overrides: typing.Iterable[str | tuple] = ()
+    path: str | Path | None = None,
+    overrides: typing.Iterable[str | tuple] = (),
+    flags: typing.Mapping[str, str] | None = None,
 ) -> RunConfig:
-    """Read ``path`` (YAML; optional) and apply ``section.key=value`` overrides, file then CLI."""
+    """Read ``path`` (YAML; optional) and apply ``section.key=value`` overrides, file then CLI.
+
+    ``flags`` maps ``section.key`` to the command-line flag that sets it (``"scan.batch_size":
+    "--batch-size"``): an error about that option then names the flag too.
+    """
     raw: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     if path is not None:
         path = Path(path)
@@ -285,7 +294,14 @@ def load_config(
     for item in overrides:
         section, name, value = parse_override(item) if isinstance(item, str) else item
         raw[section][name] = value
-    return RunConfig(**{name: _build_section(name, values) for name, values in raw.items()})
+    try:
+        return RunConfig(**{name: _build_section(name, values) for name, values in raw.items()})
+    except InputError as exc:
+        message = str(exc)
+        for key, flag in (flags or {}).items():
+            if message.startswith(f"{key} "):
+                raise InputError(f"{key} ({flag}){message[len(key) :]}") from None
+        raise
 
 
 def config_from_dict(data: dict[str, Any]) -> RunConfig:

@@ -6,7 +6,10 @@ imports TensorFlow or OpenSlide at import time, so ``wsi-saliency --help`` stays
 
 from __future__ import annotations
 
+import re
+
 import typer
+import typer.core
 
 from wsi_saliency import __version__
 from wsi_saliency.cli import _common
@@ -36,6 +39,7 @@ def _root(
     device: str = typer.Option(
         "auto",
         "--device",
+        metavar="auto|cpu|gpu",
         help="auto (a GPU when the backend sees one) | cpu (hide GPUs) | gpu (fail without one).",
     ),
     version: bool = typer.Option(
@@ -63,6 +67,50 @@ def _register_all() -> None:
         module.register(app)
 
 
+# Help that reads as click's: `SLIDE...`, `--model PATH`, `--set KEY=VALUE`, where this typer
+# prints Python types (`slides... <list[str]>`, `<path>`) and braces (`{slides}...`). Display
+# only: parsing is untouched. A parameter that sets its own metavar keeps it.
+_TYPE_WORDS = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "bool": "BOOLEAN"}
+_plain_display_type = typer.core._TyperParameter.display_type
+
+
+def _display_type(self: typer.core._TyperParameter, ctx: object) -> str | None:
+    label = _plain_display_type(self, ctx)  # e.g. "<list[str]>", "<path>", "<a|b>"
+    if not label:
+        return label
+    inner = label.removeprefix("<").removesuffix(">")
+    inner = re.sub(r"^list\[(.*)\]$", r"\1", inner)
+    return _TYPE_WORDS.get(inner, inner if "|" in inner else inner.upper())
+
+
+def _argument_name(self: typer.core.TyperArgument) -> str:
+    return self.metavar if self.metavar is not None else (self.name or "").upper()
+
+
+def _usage_display_name(self: typer.core.TyperArgument) -> str:
+    name = self.display_name_raw
+    name = name if self.required else f"[{name}]"
+    return name + ("..." if self.nargs != 1 else "")
+
+
+def _click_style_help() -> None:
+    core = typer.core
+    if not all(
+        hasattr(cls, attr)
+        for cls, attr in (
+            (core._TyperParameter, "display_type"),
+            (core.TyperArgument, "display_type_rich"),
+            (core.TyperArgument, "_usage_display_name"),
+        )
+    ):
+        return  # another typer: its own help, unpatched
+    core._TyperParameter.display_type = _display_type
+    core.TyperArgument.display_name_raw = property(_argument_name)
+    core.TyperArgument.display_type_rich = lambda self, ctx: None
+    core.TyperArgument._usage_display_name = _usage_display_name
+
+
+_click_style_help()
 _register_all()
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import typer
 
-from wsi_saliency.errors import WsiSaliencyError
+from wsi_saliency.errors import InputError, WsiSaliencyError
 
 
 @dataclass
@@ -49,6 +49,7 @@ def prepare_backend() -> None:
     if not STATE.debug:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    _require_backend(os.environ["KERAS_BACKEND"])
     if STATE.device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
         os.environ["JAX_PLATFORMS"] = "cpu"
@@ -56,3 +57,26 @@ def prepare_backend() -> None:
         from wsi_saliency.backend import require_gpu
 
         require_gpu()
+
+
+BACKEND_EXTRAS = (
+    "pip install -e '.[cpu]' (TensorFlow, CPU), '.[gpu]' (TensorFlow with CUDA), "
+    "'.[jax]' or '.[torch]'"
+)
+
+
+def _require_backend(backend: str) -> None:
+    """One line naming the install extras when the Keras backend's framework is missing
+    (Keras itself would die with a ModuleNotFoundError traceback on import)."""
+    import importlib
+
+    module = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(backend)
+    if module is None:
+        raise InputError(f"KERAS_BACKEND={backend!r} is not one of tensorflow, jax, torch")
+    try:
+        importlib.import_module(module)  # Keras imports it next anyway: no extra cost
+    except ModuleNotFoundError:
+        raise InputError(
+            f"the Keras backend {backend!r} is not installed: install wsi-saliency with a "
+            f"backend extra, {BACKEND_EXTRAS}, or set KERAS_BACKEND to one you have"
+        ) from None

@@ -13,7 +13,9 @@ from wsi_saliency.cli._common import cli_errors
 def export_command(
     folders: Annotated[
         list[Path],
-        typer.Argument(help="Scan output folders OUT/<slide>, or OUT itself (every slide)."),
+        typer.Argument(
+            metavar="FOLDER", help="Scan output folders OUT/<slide>, or OUT itself (every slide)."
+        ),
     ],
     threshold: Annotated[
         float | None,

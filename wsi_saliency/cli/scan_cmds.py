@@ -12,7 +12,9 @@ from wsi_saliency.errors import InputError
 
 
 def scan_command(
-    slides: Annotated[list[str], typer.Argument(help="Slide files, folders or glob patterns.")],
+    slides: Annotated[
+        list[str], typer.Argument(metavar="SLIDE", help="Slide files, folders or glob patterns.")
+    ],
     model: Annotated[Path, typer.Option("--model", "-m", help="model.keras written by train.")],
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Output folder (one subfolder per slide).")
@@ -53,7 +55,8 @@ def scan_command(
         typer.Option(help="Folder of regions of interest, <slide stem>.xml (ASAP) or .png|tif."),
     ] = None,
     set_: Annotated[
-        list[str], typer.Option("--set", help="Any scan option as scan.key=value.")
+        list[str],
+        typer.Option("--set", metavar="KEY=VALUE", help="Any scan option as scan.key=value."),
     ] = [],  # noqa: B006
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Rescan slides whose outputs are complete.")
@@ -67,24 +70,22 @@ def scan_command(
         from wsi_saliency.scan.cohort import expand_slides
         from wsi_saliency.scan.pipeline import check_stride
 
-        overrides: list = [
-            ("scan", k, v)
-            for k, v in (
-                ("stride", stride),
-                ("batch_size", batch_size),
-                ("slide_mpp", slide_mpp),
-                ("min_tissue_fraction", tissue_threshold),
-                ("gradcam_layer", gradcam_layer),
-                ("workers", workers),
-            )
-            if v is not None
-        ]
+        options = (
+            ("stride", "--stride", stride),
+            ("batch_size", "--batch-size", batch_size),
+            ("slide_mpp", "--slide-mpp", slide_mpp),
+            ("min_tissue_fraction", "--tissue-threshold", tissue_threshold),
+            ("gradcam_layer", "--gradcam-layer", gradcam_layer),
+            ("workers", "--workers", workers),
+        )
+        overrides: list = [("scan", k, v) for k, _, v in options if v is not None]
         if not gradcam:
             overrides.append(("scan", "gradcam", False))
         if tta:
             overrides.append(("scan", "tta", True))
         overrides.extend(s if s.startswith("scan.") else f"scan.{s}" for s in set_)
-        cfg = load_config(config, overrides).scan
+        flags = {f"scan.{k}": flag for k, flag, _ in options}
+        cfg = load_config(config, overrides, flags).scan
         card = read_card(model)
         check_stride(card.patch_size, cfg.stride or card.patch_size, cfg.gradcam_cells)
         paths = expand_slides(slides)

@@ -39,7 +39,11 @@ def train_command(
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     set_: Annotated[
         list[str],
-        typer.Option("--set", help="Any option as section.key=value, e.g. --set augment.zoom=0.1."),
+        typer.Option(
+            "--set",
+            metavar="KEY=VALUE",
+            help="Any option as section.key=value, e.g. --set augment.zoom=0.1.",
+        ),
     ] = [],  # noqa: B006
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted run in --out.")

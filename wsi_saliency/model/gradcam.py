@@ -23,19 +23,22 @@ def split_at(model, layer_name: str, logit_layer: str = "logit"):
     import keras
 
     from wsi_saliency.errors import ModelError
+    from wsi_saliency.model.io import missing_layer
 
-    try:
-        target = model.get_layer(layer_name).output
-        logit = model.get_layer(logit_layer).output
-    except ValueError as exc:
-        raise ModelError(f"Grad-CAM layer not found in the model: {exc}") from None
+    names = {layer.name for layer in model.layers}
+    for name, what in ((layer_name, "the Grad-CAM layer asked for"), (logit_layer, "the logit")):
+        if name not in names:
+            raise missing_layer(model, name, what)
+    target = model.get_layer(layer_name).output
+    logit = model.get_layer(logit_layer).output
     feature_model = keras.Model(model.inputs, [target, model.output])
     try:
         head = keras.Model(target, logit)
     except ValueError as exc:
         raise ModelError(
             f"the logit does not depend on {layer_name!r} alone (Grad-CAM needs a layer the "
-            f"whole head hangs from, e.g. the last convolutional block): {exc}"
+            f"whole head hangs from, e.g. the last convolutional block): "
+            f"{str(exc).splitlines()[0][:200]}"
         ) from None
     return feature_model, head
 

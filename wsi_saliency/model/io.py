@@ -144,7 +144,60 @@ def load_model(path: str | Path, *, dtype_policy: str | None = None):
     except Exception as exc:  # Keras raises many types for a broken archive
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise ModelError(f"model file {path} cannot be loaded by Keras: {first}") from None
+    check_matches_card(model, card, path)
     return model, card
+
+
+def last_conv_layer(model) -> str | None:
+    """Name of the last layer with a 4-D (feature map) output, or None."""
+    for layer in reversed(model.layers):
+        shape = getattr(layer, "output", None) is not None and layer.output.shape
+        if shape and len(shape) == 4:
+            return layer.name
+    return None
+
+
+def missing_layer(model, name: str, what: str, where: str = "the model") -> ModelError:
+    """One line for a layer the model lacks (not the list of every layer Keras would give)."""
+    hint = last_conv_layer(model)
+    return ModelError(
+        f"{where} has no layer {name!r} ({what}; the model has {len(model.layers)} "
+        "layers" + (f", the last convolutional one {hint!r})" if hint else ")")
+    )
+
+
+def check_matches_card(model, card: ModelCard, path: str | Path) -> None:
+    """The model is what its card says: one [B, S, S, 3] input, one probability per patch, and
+    the card's Grad-CAM and logit layers exist. One line naming the mismatch otherwise."""
+    fix = "use a model written by 'wsi-saliency train' (its card describes it)"
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ModelError(
+            f"model file {path} does not match its card: {len(model.inputs)} inputs and "
+            f"{len(model.outputs)} outputs, where one patch input and one probability are "
+            f"expected; {fix}"
+        )
+    in_shape = tuple(model.inputs[0].shape)
+    want = (card.patch_size, card.patch_size, 3)
+    if len(in_shape) != 4 or any(
+        d is not None and d != w for d, w in zip(in_shape[1:], want, strict=True)
+    ):
+        raise ModelError(
+            f"model file {path} does not match its card: input shape {in_shape}, the card "
+            f"says patches of {card.patch_size}x{card.patch_size}x3; {fix}"
+        )
+    out_shape = tuple(model.outputs[0].shape)
+    if out_shape[1:] not in ((), (1,)):
+        raise ModelError(
+            f"model file {path} does not match its card: output shape {out_shape}, where one "
+            f"probability per patch (None, 1) is expected; {fix}"
+        )
+    names = {layer.name for layer in model.layers}
+    for name, what in (
+        (card.gradcam_layer, "the card's Grad-CAM layer"),
+        (card.logit_layer, "the card's logit layer"),
+    ):
+        if name not in names:
+            raise missing_layer(model, name, what, f"model file {path}")
 
 
 def _rebuild(path: str | Path, card: ModelCard, dtype_policy: str):

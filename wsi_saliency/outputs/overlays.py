@@ -7,6 +7,7 @@ overview pixel and d is level-0 px per heatmap cell. Cells that were not scored 
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,24 @@ def heatmap_on_grid(
     return out
 
 
+@functools.lru_cache(maxsize=4)
+def _charmap(font_path: str) -> frozenset[int]:
+    from matplotlib.ft2font import FT2Font
+
+    return frozenset(FT2Font(font_path).get_charmap())
+
+
+def drawable(text: str) -> str:
+    """``text`` with each character that matplotlib's font cannot draw shown as a box (U+25A1),
+    instead of a blank and a "Glyph ... missing" warning each (e.g. a slide named in Japanese
+    on a machine with only DejaVu fonts). The file names in every other output are untouched."""
+    from matplotlib import font_manager
+
+    path = font_manager.findfont(font_manager.FontProperties(), fallback_to_default=True)
+    codes = _charmap(path)
+    return "".join(c if c == "\n" or ord(c) in codes else "\u25a1" for c in text)
+
+
 def _figure(image: np.ndarray, title: str):
     import matplotlib
 
@@ -44,7 +63,7 @@ def _figure(image: np.ndarray, title: str):
     height_in = width_in * h / w + 0.6
     fig, ax = plt.subplots(figsize=(width_in * 1.12, height_in), dpi=110)
     ax.imshow(image, interpolation="lanczos")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(drawable(title), fontsize=9)
     ax.set_axis_off()
     return fig, ax, plt
 

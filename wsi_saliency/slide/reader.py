@@ -135,6 +135,8 @@ class OpenSlideReader(SlideReader):
             raise SlideError(
                 f"slide not found: {self.path}; check the path (a whole-slide image file)"
             )
+        if p.stat().st_size == 0:
+            raise SlideError(f"slide {self.path} is empty (0 bytes); copy it again from its source")
         try:
             import openslide
         except ImportError as exc:  # pragma: no cover - a broken installation
