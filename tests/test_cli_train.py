@@ -86,6 +86,16 @@ def test_train_refuses_to_mix_runs(trained, tiny_data):
     assert "already holds a finished run" in result.output and "Traceback" not in result.output
 
 
+def test_a_finished_run_gets_one_hint_with_or_without_resume(trained, tiny_data):
+    """Neither answer may send the user to the other: a finished run has nothing to resume."""
+    plain, resumed = _train(tiny_data, trained), _train(tiny_data, trained, "--resume")
+    assert plain.exit_code == resumed.exit_code == 2
+    assert "nothing to resume" in resumed.output
+    for result in (plain, resumed):
+        assert "pass --overwrite to train again, or another --out" in result.output
+        assert "--resume" not in result.output
+
+
 def test_evaluate_json_prints_auc(trained, tiny_data, tmp_path):
     result = _evaluate(trained, tiny_data, tmp_path, "--split", "test", "--json")
     assert result.exit_code == 0, result.output

@@ -8,6 +8,16 @@ Run folder layout (``out``):
 - ``logs/history.csv``     one row per epoch: loss, accuracy, AUC on train and valid, lr
 - ``logs/tensorboard/``    TensorBoard event files
 - ``checkpoints/last.keras`` + ``checkpoints/state.json``: what ``resume`` continues from
+
+Valid metrics are computed after each epoch by ``evaluation.evaluate_split`` on the model as
+it will be saved (BatchNorm statistics re-estimated first, see ``recalibrate_batchnorm``): the
+same function, data and weights as the final ``metrics.json``, so the numbers logged for the
+kept epoch are the numbers reported for ``model.keras``.
+
+``checkpoints/state.json`` commits an epoch: it is written after ``last.keras`` and before
+``model.keras`` is replaced. A resumed run drops rows of ``logs/history.csv`` for epochs the
+state does not hold (an interruption between the two writes) and, when the last committed
+epoch is the best one, re-publishes ``model.keras`` from ``last.keras``.
 """
 
 from __future__ import annotations
@@ -26,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from wsi_saliency.config import AugmentConfig, RunConfig, dump_yaml
-from wsi_saliency.errors import InputError
+from wsi_saliency.errors import InputError, WsiSaliencyError
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -156,7 +166,9 @@ def make_augmenter(cfg: AugmentConfig, seed: int):
     return keras.Sequential(steps, name="augment")
 
 
-def recalibrate_batchnorm(model, split, batch_size: int, n_batches: int, *, seed: int = 0) -> int:
+def recalibrate_batchnorm(
+    model, split, batch_size: int, n_batches: int, *, seed: int = 0
+) -> tuple[int, int]:
     """Re-estimate the moving statistics of the trainable BatchNorm layers ("precise BN").
 
     During training BatchNorm averages the statistics of augmented batches; rotation and zoom
@@ -164,8 +176,8 @@ def recalibrate_batchnorm(model, split, batch_size: int, n_batches: int, *, seed
     against 66 raw), so at inference on raw patches the layers normalise with the wrong
     statistics and the probabilities shift (valid accuracy 0.56 at AUC 0.88; 0.79 after
     re-estimation). The statistics are replaced by the average over ``n_batches`` un-augmented
-    train batches. Frozen BatchNorm layers (pretrained, inference mode) are left alone.
-    Returns the number of layers updated.
+    train batches (all the split has, if fewer). Frozen BatchNorm layers (pretrained, inference
+    mode) are left alone. Returns ``(layers updated, batches used)``.
     """
     from keras import layers
 
@@ -175,8 +187,9 @@ def recalibrate_batchnorm(model, split, batch_size: int, n_batches: int, *, seed
         if isinstance(layer, layers.BatchNormalization) and layer.trainable
     ]
     if not bn:
-        return 0
+        return 0, 0
     saved = [layer.momentum for layer in bn]
+    used = 0
     try:
         batches = split.iter_batches(batch_size, shuffle=True, seed=seed + 7919, epoch=0)
         for k, (x, _) in enumerate(batches):
@@ -185,11 +198,38 @@ def recalibrate_batchnorm(model, split, batch_size: int, n_batches: int, *, seed
             for layer in bn:  # a cumulative average: batch k gets weight 1 / (k + 1)
                 layer.momentum = k / (k + 1.0)
             model(np.asarray(x, np.float32), training=True)
+            used = k + 1
         batches.close()
     finally:
         for layer, momentum in zip(bn, saved, strict=False):
             layer.momentum = momentum
-    return len(bn)
+    return len(bn), used
+
+
+class _FirstRows:
+    """The first ``n`` patches of an open split, in file order (``train.validation_steps``)."""
+
+    def __init__(self, split, n: int) -> None:
+        self.split, self.n = split, min(int(n), split.n)
+
+    def iter_batches(self, batch_size: int, **_) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        left = self.n
+        batches = self.split.iter_batches(batch_size, shuffle=False, seed=0)
+        try:
+            for x, y in batches:
+                if left <= 0:
+                    return
+                yield x[:left], y[:left]
+                left -= len(y)
+        finally:
+            batches.close()
+
+
+def binary_cross_entropy(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Mean binary cross-entropy of probabilities, clipped as Keras clips them (1e-7)."""
+    p = np.clip(np.asarray(probs, np.float64), 1e-7, 1 - 1e-7)
+    y = np.asarray(labels, np.float64)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))) if y.size else float("nan")
 
 
 # ---------------------------------------------------------------- phases
@@ -273,21 +313,50 @@ def _card(cfg: RunConfig, metrics: dict[str, Any]):
     )
 
 
+def run_folder_status(out: Path) -> str:
+    """``empty`` (absent or empty), ``finished``, ``resumable`` (an unfinished run with its
+    checkpoint) or ``other`` (files but no checkpoint). A run is finished when its state says
+    so or, without a state, when it holds ``model.keras`` and ``metrics.json``."""
+    out = Path(out)
+    if not out.is_dir() or not any(out.iterdir()):
+        return "empty"
+    state = _read_state(out)
+    if state is not None:
+        return "finished" if state.get("finished") else "resumable"
+    if (out / "model.keras").is_file() and (out / "metrics.json").is_file():
+        return "finished"
+    return "other"
+
+
+def _finished_error(out: Path, *, resume: bool) -> InputError:
+    if resume:
+        what = f"{out} holds a finished run, nothing to resume"
+    else:
+        what = f"output folder {out} already holds a finished run"
+    return InputError(f"{what}: pass --overwrite to train again, or another --out")
+
+
 def check_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuse to mix a new run into an old one before any work is done."""
+    """Refuse to mix a new run into an old one before any work is done. The hint names only
+    what would work: ``--resume`` for an unfinished run with a checkpoint, else ``--overwrite``
+    or another ``--out``."""
     from wsi_saliency.outputs.atomic import ensure_writable_dir
 
     out = Path(out)
-    state = _read_state(out) if out.is_dir() else None
-    finished = (out / "model.keras").is_file() and (out / "metrics.json").is_file()
-    if out.is_dir() and any(out.iterdir()) and not (resume or overwrite):
-        what = "a finished run" if finished else "an unfinished run"
-        raise InputError(
-            f"output folder {out} already holds {what}: pass --resume to continue it, "
-            "--overwrite to start again, or another --out"
-        )
-    if resume and state is None and out.is_dir() and any(out.iterdir()) and not finished:
-        raise InputError(f"--resume: {out} has no checkpoint to resume from; use --overwrite")
+    status = run_folder_status(out)
+    if status != "empty" and not overwrite:
+        if status == "finished":
+            raise _finished_error(out, resume=resume)
+        if status == "other":
+            raise InputError(
+                f"{'--resume: ' if resume else ''}output folder {out} holds files but no run "
+                "checkpoint to resume from: pass --overwrite to start again, or another --out"
+            )
+        if not resume:
+            raise InputError(
+                f"output folder {out} already holds an unfinished run: pass --resume to "
+                "continue it, --overwrite to start again, or another --out"
+            )
     ensure_writable_dir(out)
 
 
@@ -315,11 +384,8 @@ def train(
     out = Path(out)
     t0 = time.perf_counter()
     state = _read_state(out) if resume else None
-    if resume and state and state.get("finished"):
-        raise InputError(
-            f"{out} holds a finished run: nothing to resume (pass --overwrite to "
-            "train again, or another --out)"
-        )
+    if resume and run_folder_status(out) == "finished":
+        raise _finished_error(out, resume=True)
     device = device_info()
     policy = configure_precision(cfg.train.mixed_precision, device=device)
     keras.utils.set_random_seed(cfg.train.seed)
@@ -336,7 +402,10 @@ def train(
             f"data.batch_size={bs}: lower the batch size"
         )
     steps = cfg.train.steps_per_epoch or train_split.n // bs
-    valid_steps = cfg.train.validation_steps or -(-valid_split.n // bs)
+    # Validation after each epoch: the whole valid split, or its first validation_steps batches.
+    valid_view = valid_split
+    if cfg.train.validation_steps and cfg.train.validation_steps * bs < valid_split.n:
+        valid_view = _FirstRows(valid_split, cfg.train.validation_steps * bs)
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "logs").mkdir(exist_ok=True)
@@ -364,9 +433,11 @@ def train(
         wrapper = keras.Model(inputs, model(augment(inputs)), name="train_wrapper")
     model = wrapper.layers[-1]
 
-    history: list[dict[str, float]] = []
-    if (out / "logs" / "history.csv").is_file() and start_epoch:
-        history = _read_history(out / "logs" / "history.csv")[:start_epoch]
+    # Rows for epochs the state does not hold (interrupted before it was written) are dropped:
+    # those epochs run again and the CSV logger appends them once.
+    history = _truncate_history(out / "logs" / "history.csv", start_epoch)
+    if start_epoch:
+        _republish_best(cfg, out, model, best, start_epoch, history, log)
     epoch_base = 0
     stopped_early = False
     for index, phase in enumerate(phases):
@@ -408,7 +479,9 @@ def train(
             wrapper,
             model,
             callbacks,
+            valid=valid_view,
             precise_bn_split=train_split,
+            log=log,
         )
         train_batches = prefetch(
             epoch_batches(
@@ -420,22 +493,16 @@ def train(
                 first_epoch=first,
             )
         )
-        valid_batches = prefetch(
-            epoch_batches(valid_split, bs, shuffle=False, seed=0, buffer_chunks=1)
-        )
         fit = wrapper.fit(
             train_batches,
             steps_per_epoch=steps,
             epochs=phase_end,
             initial_epoch=first,
-            validation_data=valid_batches,
-            validation_steps=valid_steps,
             callbacks=phase_callbacks,
             verbose=cfg.train.verbose,
             shuffle=False,
         )
         train_batches.close()
-        valid_batches.close()
         ran = len(fit.history.get("loss", []))
         stopped_early = first + ran < phase_end
         if stopped_early:
@@ -447,21 +514,24 @@ def train(
 
     if best["epoch"] < 0:
         raise InputError(f"{out}: no epoch finished, so there is no model to keep")
-    # Final, exact metrics of the kept (best) model on the whole valid split.
+    # Final, exact metrics of the kept model, as saved, on the whole valid split: the epoch's
+    # validation used the same function on the same weights (BatchNorm statistics included,
+    # re-estimated before that validation), so for a whole-split validation they are the
+    # numbers logged for the kept epoch.
     from wsi_saliency.model.io import load_model, save_model
 
-    best_model, _ = load_model(out / "model.keras")
-    if cfg.train.precise_bn_batches:
-        n_bn = recalibrate_batchnorm(
-            best_model, train_split, bs, cfg.train.precise_bn_batches, seed=cfg.train.seed
+    best_model, best_card = load_model(out / "model.keras")
+    kept_epoch = best["epoch"] + 1
+    if _card_epoch(best_card) != kept_epoch:
+        raise WsiSaliencyError(
+            f"{out / 'model.keras'} holds epoch {_card_epoch(best_card)}, not the best "
+            f"epoch {kept_epoch} recorded in {out / CHECKPOINT_DIR / 'state.json'}: "
+            "train again with --overwrite"
         )
-        if n_bn:
-            log(
-                f"re-estimated {n_bn} BatchNorm layers on {cfg.train.precise_bn_batches} "
-                "un-augmented train batches"
-            )
     metrics = evaluate_split(best_model, valid_split, batch_size=bs).metrics
-    metrics["best_epoch"] = best["epoch"] + 1
+    metrics["best_epoch"] = kept_epoch
+    logged = next((h for h in history if int(h.get("epoch", -1)) == kept_epoch), {})
+    log(_kept_epoch_line(kept_epoch, metrics, logged, valid_view.n, valid_split.n))
     wall = time.perf_counter() - t0
     save_model(
         best_model, _card(cfg, {**metrics, "split": cfg.data.valid_split}), out / "model.keras"
@@ -503,14 +573,96 @@ def train(
     )
 
 
-def _read_history(path: Path) -> list[dict[str, float]]:
+def _truncate_history(path: Path, epochs: int) -> list[dict[str, float]]:
+    """Keep the rows of ``logs/history.csv`` for the first ``epochs`` epochs (its ``epoch``
+    column counts from 0), rewritten in place; the file is removed when ``epochs`` is 0.
+    Returns the kept rows with ``epoch`` counted from 1, as ``history`` holds them."""
     import csv
+    import io
 
-    with path.open() as f:
-        return [
-            {k: float(v) for k, v in row.items() if v not in ("", None)}
-            for row in csv.DictReader(f)
-        ]
+    if not path.is_file():
+        return []
+    if epochs <= 0:
+        path.unlink()
+        return []
+    with path.open(newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        rows = list(reader)
+    if not header or "epoch" not in header:
+        return []
+    col = header.index("epoch")
+    kept = [r for r in rows if len(r) > col and r[col] and float(r[col]) < epochs]
+    if len(kept) != len(rows):
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(header)
+        writer.writerows(kept)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(buf.getvalue())
+        os.replace(tmp, path)
+    history = []
+    for r in kept:
+        row = {k: float(v) for k, v in zip(header, r, strict=False) if v not in ("", None)}
+        row["epoch"] = row["epoch"] + 1
+        history.append(row)
+    return history
+
+
+def _card_epoch(card) -> int | None:
+    """The epoch whose model a ``model.keras`` holds (during training: ``epoch``; after the
+    final evaluation: ``best_epoch``)."""
+    return card.metrics.get("epoch", card.metrics.get("best_epoch"))
+
+
+def _republish_best(cfg, out: Path, model, best: dict, epochs_done: int, history, log) -> None:
+    """On resume: make ``model.keras`` the best epoch's model again if an interruption fell
+    between committing that epoch (``state.json``) and writing ``model.keras``; ``model`` is
+    the inner model of ``last.keras``, i.e. of the last committed epoch."""
+    from wsi_saliency.model.io import read_card, save_model
+
+    path = out / "model.keras"
+    kept_epoch = best["epoch"] + 1
+    try:
+        held = _card_epoch(read_card(path))
+    except InputError:
+        held = None
+    if held == kept_epoch:
+        return
+    if kept_epoch != epochs_done:
+        raise InputError(
+            f"cannot resume {out}: model.keras holds epoch {held}, not the best epoch "
+            f"{kept_epoch} recorded in {out / CHECKPOINT_DIR / 'state.json'}, and that epoch's "
+            "weights are gone; pass --overwrite to train again"
+        )
+    row = next((h for h in history if h.get("epoch") == kept_epoch), {})
+    logged = {k: row[k] for k in ("val_auc", "val_accuracy", "val_loss") if k in row}
+    save_model(model, _card(cfg, {"epoch": kept_epoch, **logged}), path)
+    log(f"restored {path} from the checkpoint of epoch {kept_epoch} (the best)")
+
+
+def _kept_epoch_line(epoch: int, metrics: dict, logged: dict, n_validated: int, n: int) -> str:
+    """The log line on the kept model: its final metrics and, if they differ from what was
+    logged for its epoch, exactly what differs and why."""
+    final = f"valid AUC {metrics['auc']:.4f}, accuracy {metrics['accuracy']:.4f}"
+    then = (logged.get("val_auc"), logged.get("val_accuracy"))
+    now = (metrics["auc"], metrics["accuracy"])
+
+    def same(a, b) -> bool:
+        return a == b or (a is not None and bool(np.isnan(a) and np.isnan(b)))
+
+    if all(same(a, b) for a, b in zip(then, now, strict=True)):
+        return f"kept epoch {epoch}: {final} on {n} patches, as logged for that epoch"
+    if None in then:
+        return f"kept epoch {epoch}: {final} on {n} patches"
+    if n_validated < n:
+        why = f"epochs were validated on the first {n_validated} of the {n} valid patches"
+    else:
+        why = "the saved model scores differently from the model validated at that epoch"
+    return (
+        f"kept epoch {epoch}: {final} on all {n} valid patches; logged for that epoch: "
+        f"AUC {then[0]:.4f}, accuracy {then[1]:.4f} ({why})"
+    )
 
 
 def _tensorboard_available() -> bool:
@@ -531,30 +683,71 @@ def _callbacks(
     wrapper,
     model,
     extra=(),
+    *,
+    valid,
     precise_bn_split=None,
+    log: Callable[[str], None] = print,
 ):
     import keras
 
+    from wsi_saliency.evaluation import evaluate_split
+
+    class Validate(keras.callbacks.Callback):
+        """After each epoch: re-estimate BatchNorm statistics on raw train batches (precise BN),
+        then score ``valid`` with ``evaluate_split``, the function of the final metrics, and
+        put ``val_loss``, ``val_accuracy`` and ``val_auc`` into the epoch's logs for the
+        callbacks after it. (Keras' own validation of a Python generator replays the batches
+        it peeked at and drops those it read ahead, so from the second epoch on it does not
+        see the valid split once; and its AUC is a 500-threshold approximation.)"""
+
+        told = False
+
+        def on_epoch_end(self, epoch, logs=None):
+            if cfg.train.precise_bn_batches and precise_bn_split is not None:
+                n_layers, n_batches = recalibrate_batchnorm(
+                    model,
+                    precise_bn_split,
+                    cfg.data.batch_size,
+                    cfg.train.precise_bn_batches,
+                    seed=cfg.train.seed,
+                )
+                if n_layers and not Validate.told:
+                    Validate.told = True
+                    short = (
+                        f" (all the train split has; train.precise_bn_batches="
+                        f"{cfg.train.precise_bn_batches})"
+                        if n_batches < cfg.train.precise_bn_batches
+                        else ""
+                    )
+                    log(
+                        f"re-estimating {n_layers} BatchNorm layers on {n_batches} un-augmented "
+                        f"train batches{short} before each validation"
+                    )
+            result = evaluate_split(model, valid, batch_size=cfg.data.batch_size)
+            if logs is not None:
+                logs.update(
+                    val_loss=binary_cross_entropy(result.labels, result.probs),
+                    val_accuracy=float(result.metrics["accuracy"]),
+                    val_auc=float(result.metrics["auc"]),
+                )
+
     class KeepBest(keras.callbacks.Callback):
-        """Save the inner model (with its card) whenever valid AUC improves, and a resumable
-        checkpoint of the whole training state after every epoch."""
+        """Record the epoch and keep the best model by valid AUC: ``last.keras`` (the whole
+        training state), then ``state.json`` (which commits the epoch), then ``model.keras``
+        when valid AUC improved (see the module docstring for interruptions)."""
 
         def on_epoch_end(self, epoch, logs=None):
             logs = dict(logs or {})
             logs["lr"] = float(keras.ops.convert_to_numpy(wrapper.optimizer.learning_rate))
             history.append({"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}})
             auc = float(logs.get("val_auc", -1.0))
+            if np.isnan(auc):  # a valid split of one class has no AUC: rank by loss alone
+                auc = -0.5
             loss = float(logs.get("val_loss", np.inf))
             # Best by valid AUC; among equal AUCs (e.g. several at 1.0) the lower valid loss.
-            if auc > best["auc"] or (auc == best["auc"] and loss < best.get("loss", np.inf)):
+            improved = auc > best["auc"] or (auc == best["auc"] and loss < best.get("loss", np.inf))
+            if improved:
                 best.update(auc=auc, epoch=epoch, loss=loss)
-                from wsi_saliency.model.io import save_model
-
-                save_model(
-                    model,
-                    _card(cfg, {"val_auc_keras": auc, "epoch": epoch + 1}),
-                    out / "model.keras",
-                )
             _atomic_save_keras(wrapper, out / CHECKPOINT_DIR / "last.keras")
             _write_json_atomic(
                 out / CHECKPOINT_DIR / "state.json",
@@ -568,24 +761,16 @@ def _callbacks(
                     "finished": False,
                 },
             )
+            if improved:
+                from wsi_saliency.model.io import save_model
 
-    cbs: list = []
-    if cfg.train.precise_bn_batches and precise_bn_split is not None:
+                card = {
+                    "epoch": epoch + 1,
+                    **{k: logs[k] for k in ("val_auc", "val_accuracy", "val_loss") if k in logs},
+                }
+                save_model(model, _card(cfg, card), out / "model.keras")
 
-        class PreciseBN(keras.callbacks.Callback):
-            """Before each validation, re-estimate BatchNorm statistics on raw train batches,
-            so valid AUC (and the kept model) reflect the statistics inference will use."""
-
-            def on_test_begin(self, logs=None):
-                recalibrate_batchnorm(
-                    model,
-                    precise_bn_split,
-                    cfg.data.batch_size,
-                    cfg.train.precise_bn_batches,
-                    seed=cfg.train.seed,
-                )
-
-        cbs.append(PreciseBN())
+    cbs: list = [Validate()]
     if cfg.train.early_stopping_patience:
         cbs.append(
             keras.callbacks.EarlyStopping(

@@ -84,8 +84,25 @@ def software_versions() -> dict[str, str]:
     return versions
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux says it (``/proc/self/status``);
+    elsewhere set and restored at once (briefly visible to other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def save_model(model, card: ModelCard, path: str | Path) -> Path:
-    """Write ``model`` and its card to ``path`` (``.keras``) atomically: temp name, then rename."""
+    """Write ``model`` and its card to ``path`` (``.keras``) atomically: temp name, then rename.
+
+    The file gets the mode every output gets (``0o666`` less the umask), not the ``0o600`` that
+    ``mkstemp`` gives the temporary file (Keras writes into it and keeps its mode)."""
     path = Path(path)
     if path.suffix != ".keras":
         raise ModelError(f"model file {path} must end in .keras")
@@ -97,6 +114,7 @@ def save_model(model, card: ModelCard, path: str | Path) -> Path:
         model.save(tmp)
         with zipfile.ZipFile(tmp, "a", compression=zipfile.ZIP_DEFLATED) as zf:
             zf.writestr(CARD_NAME, card.to_json())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

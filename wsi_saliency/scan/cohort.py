@@ -5,8 +5,10 @@ the viewer files (``heatmap.tiff``, ``gradcam.tiff``, ``regions.geojson``, ``reg
 see ``wsi_saliency.outputs.export``) and ``summary.json``. A slide is written into
 ``OUT/.<stem>.partial/`` and renamed when all its files are there, so a folder
 ``OUT/<stem>/`` is always complete; a rerun skips complete slides (unless ``overwrite``) and
-redoes interrupted ones. ``OUT/cohort.csv`` lists every slide with its status (``done``,
-``skipped``, ``failed``), score and error.
+redoes interrupted ones. ``OUT/cohort.csv`` lists every slide with its status (``done`` or
+``failed``), scores, patches scored, seconds and error. A slide finished by an earlier run
+keeps the row it had then (its figures are read back from its own ``summary.json``), so
+``cohort.csv`` after any number of interrupted runs equals that of one uninterrupted run.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import csv
 import glob
 import io
+import json
 import shutil
 import time
 from collections.abc import Callable, Iterable
@@ -92,9 +95,19 @@ def is_complete(folder: Path) -> bool:
 
 
 def write_slide_outputs(
-    result, folder: Path, *, model_path: Path, card, cfg: ScanConfig, versions: dict[str, str]
+    result,
+    folder: Path,
+    *,
+    model_path: Path,
+    card,
+    cfg: ScanConfig,
+    versions: dict[str, str],
+    started: float | None = None,
 ) -> dict:
-    """Write all files of one slide into ``folder`` (created); ``summary.json`` last."""
+    """Write all files of one slide into ``folder`` (created); ``summary.json`` last.
+
+    ``started``: the ``time.perf_counter()`` at which work on the slide began; the summary then
+    records ``seconds`` (scan and outputs, the figure ``cohort.csv`` shows)."""
     from dataclasses import asdict
 
     from wsi_saliency.outputs.colour import PROBABILITY_SCALE, gradcam_scale
@@ -150,12 +163,18 @@ def write_slide_outputs(
         "versions": versions,
         "files": list(SLIDE_FILES),
     }
+    if started is not None:
+        summary["seconds"] = round(time.perf_counter() - started, 2)
     write_json(folder / "summary.json", summary)
     return summary
 
 
 @dataclass
 class CohortRow:
+    """One slide of a cohort run. ``status`` is what this run did: ``done`` (scanned now),
+    ``skipped`` (complete outputs from an earlier run, figures read back from them) or
+    ``failed``. ``cohort.csv`` records the slide's outcome, ``done`` for the first two."""
+
     slide: str
     status: str  # done | skipped | failed
     score_max: float | None = None
@@ -163,6 +182,41 @@ class CohortRow:
     patches: int | None = None
     seconds: float | None = None
     error: str = ""
+
+    @property
+    def outcome(self) -> str:
+        return "done" if self.status == "skipped" else self.status
+
+
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def row_from_outputs(slide: Path, folder: Path, status: str = "done") -> CohortRow | None:
+    """The cohort row of a slide from its own ``summary.json`` (None when it is unreadable):
+    the same figures whether the slide was scanned by this run or by an earlier one."""
+    try:
+        summary = json.loads((folder / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(summary, dict):
+        return None
+    top_k = (summary.get("config") or {}).get("top_k")
+    topk_key = f"score_top{top_k}_mean"
+    if topk_key not in summary:  # written under another top_k: the one score_top<k>_mean key
+        topk_key = next((k for k in summary if k.startswith("score_top")), topk_key)
+    seconds = summary.get("seconds")
+    if seconds is None:  # written before summaries recorded it: the scan's own wall time
+        seconds = (summary.get("timings_s") or {}).get("total_s")
+    patches = summary.get("patches_scored")
+    return CohortRow(
+        str(slide),
+        status,
+        _number(summary.get("score_max")),
+        _number(summary.get(topk_key)),
+        patches if isinstance(patches, int) and not isinstance(patches, bool) else None,
+        _number(seconds),
+    )
 
 
 def _write_csv(path: Path, rows: list[CohortRow]) -> None:
@@ -175,7 +229,7 @@ def _write_csv(path: Path, rows: list[CohortRow]) -> None:
         writer.writerow(
             [
                 r.slide,
-                r.status,
+                r.outcome,
                 "" if r.score_max is None else f"{r.score_max:.6f}",
                 "" if r.score_topk is None else f"{r.score_topk:.6f}",
                 "" if r.patches is None else r.patches,
@@ -222,8 +276,11 @@ def scan_cohort(
     bar = tqdm(slides, desc="slides", unit="slide", disable=not progress or len(slides) < 2)
     for slide in bar:
         final = out / slide.stem
-        if is_complete(final) and not overwrite:
-            rows.append(CohortRow(str(slide), "skipped", error="complete outputs exist"))
+        kept = None if overwrite or not is_complete(final) else row_from_outputs(slide, final)
+        if kept is not None:
+            kept.status = "skipped"
+            rows.append(kept)
+            log(f"{slide.name}: complete outputs in {final} from an earlier run, skipped")
             _write_csv(out / "cohort.csv", rows)
             continue
         partial = out / f".{slide.stem}.partial"
@@ -247,21 +304,22 @@ def scan_cohort(
             for note in result.warnings:
                 log(f"warning: {note}")
             write_slide_outputs(
-                result, partial, model_path=model_path, card=card, cfg=cfg, versions=versions
+                result,
+                partial,
+                model_path=model_path,
+                card=card,
+                cfg=cfg,
+                versions=versions,
+                started=t0,
             )
             if final.exists():
                 shutil.rmtree(final)
             partial.rename(final)
-            rows.append(
-                CohortRow(
-                    str(slide),
-                    "done",
-                    result.score_max(),
-                    result.score_topk(),
-                    result.n_scored,
-                    time.perf_counter() - t0,
-                )
-            )
+            # Read back like a slide finished by an earlier run, so both rows are the same.
+            row = row_from_outputs(slide, final)
+            if row is None:
+                raise WsiSaliencyError(f"{final / 'summary.json'} cannot be read back")
+            rows.append(row)
             log(
                 f"{slide.name}: score {result.score_max():.3f} (max), {result.n_scored} patches, "
                 f"{result.summary()['patches_per_s']} patches/s -> {final}"

@@ -1,0 +1,84 @@
+"""Cohort runs: ``cohort.csv`` after interrupted runs and their reruns equals a clean run's."""
+
+import types
+
+import numpy as np
+import pytest
+
+from wsi_saliency.config import ScanConfig
+from wsi_saliency.scan import cohort, pipeline
+from wsi_saliency.scan.cohort import scan_cohort
+
+MPP = 0.486  # 2 level-0 px per model px, as in test_scan.py
+
+
+@pytest.fixture(scope="module")
+def slides(tmp_path_factory):
+    """Three small synthetic slides with different lesions (so different scores)."""
+    from wsi_saliency.synthetic.slides import write_synthetic_slide
+    from wsi_saliency.synthetic.tissue import random_blob_polygon
+
+    folder = tmp_path_factory.mktemp("cohort_slides")
+    paths = []
+    for i, name in enumerate(("a", "b", "c")):
+        rng = np.random.default_rng(i)
+        lesion = random_blob_polygon(rng, (500.0, 400.0), 150.0 + 40 * i, n_vertices=32)
+        info = write_synthetic_slide(
+            folder / f"{name}.tif",
+            l0_size_xy=(1024, 768),
+            mpp=MPP,
+            lesions=[lesion],
+            seed=i,
+            tile=256,
+            levels=(1, 4),
+            tissue=[np.array([[80, 80], [950, 100], [930, 700], [100, 680]], float)],
+            pen_mark=False,
+            dark_area=False,
+        )
+        paths.append(info.path.resolve())
+    return paths
+
+
+@pytest.fixture
+def steady_clock(monkeypatch):
+    """Each slide takes 'the same time' (the cohort module's clock ticks 1 s per reading), so
+    whole cohort.csv files of different runs can be compared."""
+    ticks = iter(range(10**6))
+    fake = types.SimpleNamespace(perf_counter=lambda: float(next(ticks)))
+    monkeypatch.setattr(cohort, "time", fake)
+
+
+def _interrupt_at(monkeypatch, stem):
+    """Make the scan of slide ``stem`` die like a killed process (KeyboardInterrupt)."""
+    real = pipeline.scan_slide
+
+    def scan_slide(slide, *args, **kwargs):
+        if slide.stem == stem:
+            raise KeyboardInterrupt
+        return real(slide, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "scan_slide", scan_slide)
+
+
+def test_cohort_csv_after_interruptions_equals_a_clean_run(
+    slides, tiny_model, tmp_path, steady_clock
+):
+    cfg = ScanConfig(workers=1)
+    run = dict(progress=False, log=lambda m: None)
+    clean = tmp_path / "clean"
+    scan_cohort(slides, tiny_model, clean, cfg, **run)
+    expected = (clean / "cohort.csv").read_text()
+
+    out = tmp_path / "resumed"
+    for stem in ("b", "c"):  # killed while scanning b, then (rerun) while scanning c
+        with pytest.MonkeyPatch.context() as mp:
+            _interrupt_at(mp, stem)
+            with pytest.raises(KeyboardInterrupt):
+                scan_cohort(slides, tiny_model, out, cfg, **run)
+    rows = scan_cohort(slides, tiny_model, out, cfg, **run)
+
+    assert [r.status for r in rows] == ["skipped", "skipped", "done"]  # what this run did
+    assert (out / "cohort.csv").read_text() == expected
+    lines = expected.splitlines()
+    assert len(lines) == 4 and all(",done," in line for line in lines[1:])
+    assert all(line.split(",")[2] and line.split(",")[4] for line in lines[1:])  # figures
