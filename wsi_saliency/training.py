@@ -360,36 +360,37 @@ def check_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
     ensure_writable_dir(out)
 
 
-def train(
-    cfg: RunConfig,
-    out: str | Path,
-    *,
-    resume: bool = False,
-    log: Callable[[str], None] = print,
-    callbacks: tuple = (),
-) -> TrainResult:
-    """Train on ``cfg.data.path`` and write the run folder ``out`` (see module docstring).
+@dataclass
+class _RunData:
+    """The opened splits of a run and how an epoch walks them."""
 
-    With ``resume`` the run continues from ``out/checkpoints`` (weights, optimizer state,
-    epoch, phase and best valid AUC) after an interruption.
-    """
-    import keras
+    data_dir: Path
+    train_split: Any
+    valid_split: Any
+    valid_view: Any  # the whole valid split, or its first ``train.validation_steps`` batches
+    batch_size: int
+    steps: int
 
-    from wsi_saliency.backend import configure_precision, device_info, jit_flag
+    def close(self) -> None:
+        self.train_split.close()
+        self.valid_split.close()
+
+
+@dataclass
+class _Start:
+    """Where training starts: a new model, or the checkpoint of an interrupted run."""
+
+    wrapper: Any  # augmentation + model, what ``fit`` trains
+    model: Any  # the model that is saved (the wrapper's last layer)
+    epoch: int  # epochs already done
+    best: dict[str, Any]
+    state: dict[str, Any] | None
+
+
+def open_run_data(cfg: RunConfig, log: Callable[[str], None] = print) -> _RunData:
+    """Stage 1: the train and valid splits (converted to PCam HDF5 once when needed)."""
     from wsi_saliency.data.folders import ensure_pcam
     from wsi_saliency.data.pcam import open_pcam
-    from wsi_saliency.evaluation import evaluate_split
-    from wsi_saliency.model.build import build_model, set_trainable
-
-    out = Path(out)
-    t0 = time.perf_counter()
-    state = _read_state(out) if resume else None
-    if resume and run_folder_status(out) == "finished":
-        raise _finished_error(out, resume=True)
-    device = device_info()
-    policy = configure_precision(cfg.train.mixed_precision, device=device)
-    keras.utils.set_random_seed(cfg.train.seed)
-    log(f"{device.describe()}; dtype policy {policy}")
 
     data_dir = ensure_pcam(cfg.data.path, cache_dir=cfg.data.cache_dir)
     train_split = open_pcam(data_dir, cfg.data.train_split)
@@ -401,125 +402,187 @@ def train(
             f"the train split of {cfg.data.path} has {train_split.n} patches, fewer than "
             f"data.batch_size={bs}: lower the batch size"
         )
-    steps = cfg.train.steps_per_epoch or train_split.n // bs
-    # Validation after each epoch: the whole valid split, or its first validation_steps batches.
     valid_view = valid_split
     if cfg.train.validation_steps and cfg.train.validation_steps * bs < valid_split.n:
         valid_view = _FirstRows(valid_split, cfg.train.validation_steps * bs)
+    steps = cfg.train.steps_per_epoch or train_split.n // bs
+    return _RunData(data_dir, train_split, valid_split, valid_view, bs, steps)
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "logs").mkdir(exist_ok=True)
-    (out / CHECKPOINT_DIR).mkdir(exist_ok=True)
-    (out / "config.yaml").write_text(dump_yaml(cfg))
 
-    phases = plan_phases(cfg)
-    start_epoch = 0
-    best = {"auc": -1.0, "epoch": -1}
-    wrapper = None
+def start_model(cfg: RunConfig, out: Path, state: dict | None, log=print) -> _Start:
+    """Stage 2: build the model and its augmentation wrapper, or load the checkpoint that
+    ``state`` (an unfinished run's ``state.json``) commits. Variables are created here: a
+    distribution scope wraps this stage and ``compile_phase``."""
+    import keras
+
+    from wsi_saliency.model.build import build_model
+
     if state and not state.get("finished"):
-        start_epoch = int(state["epoch"])
         best = {
             "auc": float(state["best_auc"]),
             "epoch": int(state["best_epoch"]),
             "loss": float(state.get("best_loss") or np.inf),
         }
         wrapper = keras.saving.load_model(out / CHECKPOINT_DIR / "last.keras", safe_mode=True)
-        log(f"resuming {out} after epoch {start_epoch} (best valid AUC {best['auc']:.4f})")
+        log(f"resuming {out} after epoch {int(state['epoch'])} (best valid AUC {best['auc']:.4f})")
+        return _Start(wrapper, wrapper.layers[-1], int(state["epoch"]), best, state)
+    model = build_model(cfg.model)
+    augment = make_augmenter(cfg.augment, cfg.train.seed)
+    inputs = keras.Input((cfg.model.patch_size,) * 2 + (3,), name="patch_rgb")
+    wrapper = keras.Model(inputs, model(augment(inputs)), name="train_wrapper")
+    return _Start(wrapper, wrapper.layers[-1], 0, {"auc": -1.0, "epoch": -1}, None)
 
-    if wrapper is None:
-        model = build_model(cfg.model)
-        augment = make_augmenter(cfg.augment, cfg.train.seed)
-        inputs = keras.Input((cfg.model.patch_size,) * 2 + (3,), name="patch_rgb")
-        wrapper = keras.Model(inputs, model(augment(inputs)), name="train_wrapper")
-    model = wrapper.layers[-1]
 
-    # Rows for epochs the state does not hold (interrupted before it was written) are dropped:
-    # those epochs run again and the CSV logger appends them once.
-    history = _truncate_history(out / "logs" / "history.csv", start_epoch)
-    if start_epoch:
-        _republish_best(cfg, out, model, best, start_epoch, history, log)
-    epoch_base = 0
-    stopped_early = False
-    for index, phase in enumerate(phases):
-        phase_end = epoch_base + phase.epochs
-        if start_epoch >= phase_end or stopped_early:
-            epoch_base = phase_end
-            continue
-        resumed_here = state is not None and start_epoch > epoch_base
-        if not resumed_here:
-            # Frozen BatchNorm keeps pretrained statistics while fine-tuning; a network trained
-            # from scratch has no statistics to keep, so its BatchNorm layers must learn them.
-            n_train = set_trainable(
-                model,
-                backbone_from=phase.backbone_from,
-                freeze_batchnorm=cfg.train.freeze_batchnorm and phase.name != "full",
-            )
-            wrapper.compile(
-                optimizer=keras.optimizers.Adam(phase.lr),
-                loss=keras.losses.BinaryCrossentropy(),
-                metrics=[
-                    keras.metrics.BinaryAccuracy(name="accuracy"),
-                    keras.metrics.AUC(name="auc", num_thresholds=500),
-                ],
-                jit_compile=jit_flag(cfg.train.jit_compile),
-            )
-            log(
-                f"phase {index + 1}/{len(phases)} '{phase.name}': {phase.epochs} epochs at "
-                f"lr {phase.lr:g}, {n_train} trainable backbone layers"
-            )
-        first = max(start_epoch, epoch_base)
-        phase_callbacks = _callbacks(
-            cfg,
-            out,
-            phase,
-            phase_end,
-            best,
-            history,
-            index,
-            wrapper,
-            model,
-            callbacks,
-            valid=valid_view,
-            precise_bn_split=train_split,
-            log=log,
+def compile_phase(cfg: RunConfig, start: _Start, phase: Phase) -> int:
+    """Stage 3: make the phase's layers trainable and compile the wrapper; returns the number
+    of trainable backbone layers. Frozen BatchNorm keeps pretrained statistics while
+    fine-tuning; a network trained from scratch must learn its statistics."""
+    import keras
+
+    from wsi_saliency.backend import jit_flag
+    from wsi_saliency.model.build import set_trainable
+
+    n_train = set_trainable(
+        start.model,
+        backbone_from=phase.backbone_from,
+        freeze_batchnorm=cfg.train.freeze_batchnorm and phase.name != "full",
+    )
+    start.wrapper.compile(
+        optimizer=keras.optimizers.Adam(phase.lr),
+        loss=keras.losses.BinaryCrossentropy(),
+        metrics=[
+            keras.metrics.BinaryAccuracy(name="accuracy"),
+            keras.metrics.AUC(name="auc", num_thresholds=500),
+        ],
+        jit_compile=jit_flag(cfg.train.jit_compile),
+    )
+    return n_train
+
+
+def fit_phase(
+    cfg: RunConfig,
+    out: Path,
+    start: _Start,
+    data: _RunData,
+    phase: Phase,
+    index: int,
+    epochs: tuple[int, int],
+    history: list,
+    *,
+    callbacks: tuple = (),
+    log: Callable[[str], None] = print,
+) -> int:
+    """Stage 4: train epochs ``[first, end)`` of a compiled phase, validating, checkpointing
+    and keeping the best model after each; returns the epochs run (fewer on early stopping)."""
+    first, end = epochs
+    phase_callbacks = _callbacks(
+        cfg,
+        out,
+        phase,
+        end,
+        start.best,
+        history,
+        index,
+        start.wrapper,
+        start.model,
+        callbacks,
+        valid=data.valid_view,
+        precise_bn_split=data.train_split,
+        log=log,
+    )
+    train_batches = prefetch(
+        epoch_batches(
+            data.train_split,
+            data.batch_size,
+            shuffle=True,
+            seed=cfg.train.seed,
+            buffer_chunks=cfg.data.shuffle_buffer_chunks,
+            first_epoch=first,
         )
-        train_batches = prefetch(
-            epoch_batches(
-                train_split,
-                bs,
-                shuffle=True,
-                seed=cfg.train.seed,
-                buffer_chunks=cfg.data.shuffle_buffer_chunks,
-                first_epoch=first,
-            )
-        )
-        fit = wrapper.fit(
+    )
+    try:
+        fit = start.wrapper.fit(
             train_batches,
-            steps_per_epoch=steps,
-            epochs=phase_end,
+            steps_per_epoch=data.steps,
+            epochs=end,
             initial_epoch=first,
             callbacks=phase_callbacks,
             verbose=cfg.train.verbose,
             shuffle=False,
         )
+    finally:
         train_batches.close()
-        ran = len(fit.history.get("loss", []))
-        stopped_early = first + ran < phase_end
-        if stopped_early:
+    return len(fit.history.get("loss", []))
+
+
+def run_phases(
+    cfg: RunConfig,
+    out: Path,
+    start: _Start,
+    data: _RunData,
+    history: list,
+    *,
+    callbacks: tuple = (),
+    log: Callable[[str], None] = print,
+) -> None:
+    """Stages 3 and 4 for every phase still to run (all of them, or the rest after a resume)."""
+    phases = plan_phases(cfg)
+    epoch_base = 0
+    for index, phase in enumerate(phases):
+        phase_end = epoch_base + phase.epochs
+        if start.epoch >= phase_end:
+            epoch_base = phase_end
+            continue
+        if not (start.state is not None and start.epoch > epoch_base):  # not resumed mid-phase
+            n_train = compile_phase(cfg, start, phase)
+            log(
+                f"phase {index + 1}/{len(phases)} '{phase.name}': {phase.epochs} epochs at "
+                f"lr {phase.lr:g}, {n_train} trainable backbone layers"
+            )
+        first = max(start.epoch, epoch_base)
+        ran = fit_phase(
+            cfg,
+            out,
+            start,
+            data,
+            phase,
+            index,
+            (first, phase_end),
+            history,
+            callbacks=callbacks,
+            log=log,
+        )
+        if first + ran < phase_end:
             log(
                 f"early stopping after epoch {first + ran}: valid AUC did not improve for "
                 f"{cfg.train.early_stopping_patience} epochs"
             )
+            return
         epoch_base = phase_end
 
-    if best["epoch"] < 0:
-        raise InputError(f"{out}: no epoch finished, so there is no model to keep")
-    # Final, exact metrics of the kept model, as saved, on the whole valid split: the epoch's
-    # validation used the same function on the same weights (BatchNorm statistics included,
-    # re-estimated before that validation), so for a whole-split validation they are the
-    # numbers logged for the kept epoch.
+
+def finish_run(
+    cfg: RunConfig,
+    out: Path,
+    start: _Start,
+    data: _RunData,
+    history: list,
+    run_info: dict[str, Any],
+    t0: float,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Stage 5: the kept model's final metrics on the whole valid split, its card, and the run
+    records (``metrics.json``, ``run.json``, the finished ``state.json``).
+
+    The epoch's validation used the same function on the same weights (BatchNorm statistics
+    included, re-estimated before that validation), so for a whole-split validation these are
+    the numbers logged for the kept epoch."""
+    from wsi_saliency.evaluation import evaluate_split
     from wsi_saliency.model.io import load_model, save_model
 
+    best = start.best
+    if best["epoch"] < 0:
+        raise InputError(f"{out}: no epoch finished, so there is no model to keep")
     best_model, best_card = load_model(out / "model.keras")
     kept_epoch = best["epoch"] + 1
     if _card_epoch(best_card) != kept_epoch:
@@ -528,10 +591,10 @@ def train(
             f"epoch {kept_epoch} recorded in {out / CHECKPOINT_DIR / 'state.json'}: "
             "train again with --overwrite"
         )
-    metrics = evaluate_split(best_model, valid_split, batch_size=bs).metrics
+    metrics = evaluate_split(best_model, data.valid_split, batch_size=data.batch_size).metrics
     metrics["best_epoch"] = kept_epoch
     logged = next((h for h in history if int(h.get("epoch", -1)) == kept_epoch), {})
-    log(_kept_epoch_line(kept_epoch, metrics, logged, valid_view.n, valid_split.n))
+    log(_kept_epoch_line(kept_epoch, metrics, logged, data.valid_view.n, data.valid_split.n))
     wall = time.perf_counter() - t0
     save_model(
         best_model, _card(cfg, {**metrics, "split": cfg.data.valid_split}), out / "model.keras"
@@ -541,36 +604,78 @@ def train(
         out / "run.json",
         {
             "data": str(cfg.data.path),
-            "data_hdf5": str(data_dir),
-            "n_train": train_split.n,
-            "n_valid": valid_split.n,
-            "phases": [p.__dict__ for p in phases],
+            "data_hdf5": str(data.data_dir),
+            "n_train": data.train_split.n,
+            "n_valid": data.valid_split.n,
+            "phases": [p.__dict__ for p in plan_phases(cfg)],
             "epochs_run": len(history),
-            "steps_per_epoch": steps,
-            "batch_size": bs,
+            "steps_per_epoch": data.steps,
+            "batch_size": data.batch_size,
             "seed": cfg.train.seed,
-            "dtype_policy": policy,
-            "devices": device.describe(),
+            **run_info,
             "wall_s": round(wall, 1),
-            "resumed_from_epoch": start_epoch,
+            "resumed_from_epoch": start.epoch if start.state else 0,
             "versions": _card(cfg, {}).versions,
         },
     )
-    state_path = out / CHECKPOINT_DIR / "state.json"
     state_now = _read_state(out) or {}
-    _write_json_atomic(state_path, {**state_now, "finished": True})
-    train_split.close()
-    valid_split.close()
+    _write_json_atomic(out / CHECKPOINT_DIR / "state.json", {**state_now, "finished": True})
     return TrainResult(
         out,
         out / "model.keras",
-        best["epoch"] + 1,
+        kept_epoch,
         float(metrics["auc"]),
         metrics,
         history,
         wall,
-        start_epoch,
+        start.epoch if start.state else 0,
     )
+
+
+def train(
+    cfg: RunConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    log: Callable[[str], None] = print,
+    callbacks: tuple = (),
+) -> TrainResult:
+    """Train on ``cfg.data.path`` and write the run folder ``out`` (see module docstring).
+
+    With ``resume`` the run continues from ``out/checkpoints`` (weights, optimizer state,
+    epoch, phase and best valid AUC) after an interruption. The stages: ``open_run_data``,
+    ``start_model``, then per phase ``compile_phase`` and ``fit_phase``, then ``finish_run``.
+    """
+    import keras
+
+    from wsi_saliency.backend import configure_precision, device_info
+
+    out = Path(out)
+    t0 = time.perf_counter()
+    state = _read_state(out) if resume else None
+    if resume and run_folder_status(out) == "finished":
+        raise _finished_error(out, resume=True)
+    device = device_info()
+    policy = configure_precision(cfg.train.mixed_precision, device=device)
+    keras.utils.set_random_seed(cfg.train.seed)
+    log(f"{device.describe()}; dtype policy {policy}")
+
+    data = open_run_data(cfg, log)
+    try:
+        for folder in (out, out / "logs", out / CHECKPOINT_DIR):
+            folder.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(dump_yaml(cfg))
+        start = start_model(cfg, out, state, log)
+        # Rows for epochs the state does not hold (interrupted before it was written) are
+        # dropped: those epochs run again and the CSV logger appends them once.
+        history = _truncate_history(out / "logs" / "history.csv", start.epoch)
+        if start.epoch:
+            _republish_best(cfg, out, start.model, start.best, start.epoch, history, log)
+        run_phases(cfg, out, start, data, history, callbacks=callbacks, log=log)
+        run_info = {"dtype_policy": policy, "devices": device.describe()}
+        return finish_run(cfg, out, start, data, history, run_info, t0, log)
+    finally:
+        data.close()
 
 
 def _truncate_history(path: Path, epochs: int) -> list[dict[str, float]]:
