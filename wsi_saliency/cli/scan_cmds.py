@@ -89,6 +89,9 @@ def scan_command(
         card = read_card(model)
         check_stride(card.patch_size, cfg.stride or card.patch_size, cfg.gradcam_cells)
         paths = expand_slides(slides)
+        from wsi_saliency.scan.budget import check_slides_memory
+
+        check_slides_memory(paths, card, cfg)  # one line, exit 2, before any work
         for folder, what in ((tissue_masks, "--tissue-masks"), (roi, "--roi")):
             if folder is not None and not folder.is_dir():
                 raise InputError(

@@ -22,10 +22,32 @@ QUALITY = 80
 DZI_XMLNS = "http://schemas.microsoft.com/deepzoom/2008"
 
 
+MAX_TILE_READ_PX = 4096 * 4096
+"""Slide pixels a Deep Zoom tile may read at once; larger ones are made from bounded blocks."""
+
+
 def open_deepzoom(slide_path: str | Path):
-    """``openslide.deepzoom.DeepZoomGenerator`` over the whole level-0 frame of the slide."""
+    """``openslide.deepzoom.DeepZoomGenerator`` over the whole level-0 frame of the slide.
+
+    A tile of a coarse Deep Zoom level covers much of the slide; OpenSlide reads it from the
+    finest level at or below its downsample in one ``read_region``, which for a slide without
+    a pyramid is the whole level 0 (40 GB of RGBA for 10^5 x 10^5 px). Such tiles (over
+    ``MAX_TILE_READ_PX``) are made by :func:`~wsi_saliency.slide.reader.region_thumbnail`
+    instead: the same pixels, from block reads of bounded size (slow on such slides: each
+    coarse level reads the whole slide once, but never runs out of memory).
+    """
     import openslide
     from openslide.deepzoom import DeepZoomGenerator
+
+    class BoundedDeepZoomGenerator(DeepZoomGenerator):
+        def get_tile(self, level: int, address: tuple[int, int]):
+            from wsi_saliency.slide.reader import region_thumbnail
+
+            l0_xy, slide_level, l_size = self.get_tile_coordinates(level, address)
+            if l_size[0] * l_size[1] <= MAX_TILE_READ_PX:
+                return super().get_tile(level, address)
+            z_size = self.get_tile_dimensions(level, address)
+            return region_thumbnail(slide, l0_xy, slide_level, l_size, z_size)
 
     path = Path(slide_path)
     if not path.is_file():
@@ -35,7 +57,7 @@ def open_deepzoom(slide_path: str | Path):
     except (openslide.OpenSlideError, OSError) as exc:
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise SlideError(f"cannot open slide {path}: {first}") from None
-    return DeepZoomGenerator(slide, tile_size=TILE_SIZE, overlap=OVERLAP, limit_bounds=False)
+    return BoundedDeepZoomGenerator(slide, tile_size=TILE_SIZE, overlap=OVERLAP, limit_bounds=False)
 
 
 def dzi_config(width: int, height: int, tiles_url: str) -> dict:

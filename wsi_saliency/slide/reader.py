@@ -5,6 +5,11 @@ level and a size ``(w, h)`` in pixels *of that level*, like ``openslide.OpenSlid
 returns an RGB ``uint8`` array indexed ``[row, col, channel]``. Transparent pixels (outside
 the scanned area, or outside the slide) come back white.
 
+Thumbnails never decode a whole level: :meth:`OpenSlideReader.get_thumbnail` reads the level
+it needs in blocks of ``THUMBNAIL_BLOCK`` px and shrinks each into the result (same pixels as
+OpenSlide's ``get_thumbnail``, which on a slide without a pyramid allocates 4 bytes per
+level-0 pixel), so its memory is bounded by a block and the thumbnail, whatever the slide.
+
 Only :class:`OpenSlideReader` imports OpenSlide, and only when a slide is opened, so the
 pure modules (tiling, stitching, tissue, resolution) never load it.
 """
@@ -13,7 +18,8 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -22,7 +28,16 @@ import numpy as np
 
 from wsi_saliency.errors import InputError, SlideError
 
-__all__ = ["ArrayReader", "OpenSlideReader", "SlideReader", "composite_on_white", "open_slide"]
+__all__ = [
+    "ArrayReader",
+    "OpenSlideReader",
+    "SlideReader",
+    "ThumbnailGeometry",
+    "composite_on_white",
+    "open_slide",
+    "region_thumbnail",
+    "thumbnail_geometry",
+]
 
 
 def composite_on_white(rgba: np.ndarray) -> np.ndarray:
@@ -224,24 +239,186 @@ class OpenSlideReader(SlideReader):
         return canvas
 
     def get_thumbnail(self, max_size_wh: tuple[int, int]) -> np.ndarray:
+        """Whole slide fitting in ``max_size_wh``, built from block reads of bounded size.
+
+        The level and the output size are OpenSlide's (its ``get_thumbnail``: the coarsest level
+        at or finer than the asked downsample, aspect kept as ``PIL.Image.thumbnail`` keeps it),
+        except that a level at most 25 % coarser than asked is taken as it is (it holds nearly
+        the pixels asked for; the next finer level may hold 16 times more). The pixels are
+        OpenSlide's too (see :func:`region_thumbnail`), but peak memory is one block plus an
+        intermediate image of a few times the thumbnail, whatever the level's size.
+        """
         import openslide
 
-        if self._slide is None:
+        slide = self._slide
+        if slide is None:
             raise SlideError(f"slide {self.path} is closed; reopen it before reading")
+        geom = thumbnail_geometry(
+            self._level_dimensions,
+            self._level_downsamples,
+            max_size_wh,
+            best_level=slide.get_best_level_for_downsample,
+        )
         try:
-            # OpenSlide composites the thumbnail onto the slide's background (white by default)
-            img = self._slide.get_thumbnail((int(max_size_wh[0]), int(max_size_wh[1])))
+            img = region_thumbnail(
+                slide, (0, 0), geom.level, self._level_dimensions[geom.level], geom.size_wh
+            )
         except openslide.OpenSlideError as exc:
             raise SlideError(
                 f"cannot read a thumbnail of {self.path}: {exc}; the file may be corrupt"
             ) from None
-        return np.asarray(img.convert("RGB"))
+        return np.asarray(img)
 
     def close(self) -> None:
         slide = getattr(self, "_slide", None)
         if slide is not None:
             slide.close()
             self._slide = None
+
+
+THUMBNAIL_BLOCK = 2048
+"""Level pixels per side of one block read while building a thumbnail."""
+THUMBNAIL_MAX_INTERMEDIATE_PX = 32 * 2**20
+"""Above this, a thumbnail's intermediate image is reduced by the whole factor (<= 4x output)."""
+THUMBNAIL_SNAP = 1.25
+"""A level at most this much coarser than a thumbnail asks for is used as it is."""
+
+
+@dataclass(frozen=True)
+class ThumbnailGeometry:
+    """How a thumbnail is made: read ``level`` whole (in blocks), box-reduce it by
+    ``reduce_xy`` (integer factors), then resize it (Lanczos) to ``size_wh`` ``(w, h)``."""
+
+    level: int
+    size_wh: tuple[int, int]
+    reduce_xy: tuple[int, int]
+
+
+def thumbnail_geometry(
+    level_dimensions: Sequence[tuple[int, int]],
+    level_downsamples: Sequence[float],
+    max_size_wh: tuple[int, int],
+    *,
+    best_level: Callable[[float], int] | None = None,
+    snap: float = THUMBNAIL_SNAP,
+    max_intermediate_px: int = THUMBNAIL_MAX_INTERMEDIATE_PX,
+) -> ThumbnailGeometry:
+    """The level, output size and reduce factors of a thumbnail fitting ``max_size_wh``.
+
+    ``best_level(downsample)``: the slide's choice of level (OpenSlide's
+    ``get_best_level_for_downsample``); default: the coarsest level whose downsample is at
+    most the asked one. A level at most ``snap`` times coarser than asked is preferred. The
+    size and factors are those of ``PIL.Image.thumbnail`` (reducing gap 2) on that level,
+    unless its intermediate image would exceed ``max_intermediate_px``; then the reduce
+    factors are the whole ratio (the intermediate is then at most 4x the output's pixels).
+    """
+    max_w, max_h = (max(1, math.floor(v)) for v in max_size_wh)
+    l0_w, l0_h = level_dimensions[0]
+    ds = max(l0_w / max_w, l0_h / max_h)
+    coarser = [i for i, d in enumerate(level_downsamples) if ds < d <= snap * ds]
+    if coarser:
+        level = min(coarser, key=lambda i: level_downsamples[i])
+    elif best_level is not None:
+        level = int(best_level(ds))
+    else:
+        fits = [i for i, d in enumerate(level_downsamples) if d <= ds]
+        level = max(fits, key=lambda i: level_downsamples[i]) if fits else 0
+    size, reduce_xy = _reduce_plan(level_dimensions[level], (max_w, max_h), max_intermediate_px)
+    return ThumbnailGeometry(level, size, reduce_xy)
+
+
+def _reduce_plan(
+    image_wh: tuple[int, int],
+    max_wh: tuple[int, int],
+    max_intermediate_px: int = THUMBNAIL_MAX_INTERMEDIATE_PX,
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``(size_wh, reduce_xy)`` of ``PIL.Image.thumbnail(max_wh)`` on an image of ``image_wh``:
+    its output size and its integer box-reduce factors (reducing gap 2), or the whole ratio
+    when the reduced image would exceed ``max_intermediate_px``."""
+    w, h = (int(v) for v in image_wh)
+    size = _thumbnail_size((w, h), (max(1, int(max_wh[0])), max(1, int(max_wh[1]))))
+    if size == (w, h):
+        return size, (1, 1)
+    rx = int(w / size[0] / 2) or 1  # PIL's resize with reducing_gap=2
+    ry = int(h / size[1] / 2) or 1
+    if math.ceil(w / rx) * math.ceil(h / ry) > max_intermediate_px:
+        rx, ry = max(1, int(w / size[0])), max(1, int(h / size[1]))
+    return size, (rx, ry)
+
+
+def region_thumbnail(
+    slide: Any,
+    l0_xy: tuple[int, int],
+    level: int,
+    size_wh: tuple[int, int],
+    max_wh: tuple[int, int],
+    *,
+    block: int | None = None,
+    max_intermediate_px: int = THUMBNAIL_MAX_INTERMEDIATE_PX,
+) -> Any:
+    """A Pillow RGB image of ``size_wh`` level px from level-0 ``l0_xy`` shrunk to fit
+    ``max_wh``: what ``PIL.Image.thumbnail(max_wh, LANCZOS)`` makes of that region composited
+    onto the slide's background colour (OpenSlide's ``get_thumbnail`` and Deep Zoom tiles),
+    read in blocks of about ``block`` (``THUMBNAIL_BLOCK``) level px.
+
+    Each block is composited and box-reduced by the same integer factors as PIL's first step
+    and pasted into an intermediate image, which one Lanczos resize (PIL's second step) turns
+    into the output: the same pixels as PIL on the whole region (block edges are multiples of
+    the factors, and both steps are local), with memory for one block plus the intermediate
+    (at most 4x the output's pixels when it would otherwise exceed ``max_intermediate_px``;
+    factors are capped at ``block``, so a thumbnail of a few pixels of a huge level has a
+    larger intermediate, of ``size_wh / block`` px, and differs from PIL's in the last bit).
+    A block with no scanned pixel (absent tiles of a sparse TIFF) is not decoded further.
+    ``slide``: an ``openslide.OpenSlide`` (``read_region``, ``level_downsamples``,
+    ``properties``). Raises OpenSlide's errors.
+    """
+    from PIL import Image
+
+    block = int(block or THUMBNAIL_BLOCK)
+    lv_w, lv_h = (int(v) for v in size_wh)
+    size, (rx, ry) = _reduce_plan((lv_w, lv_h), max_wh, max_intermediate_px)
+    # a block is a whole number of reduce steps: factors over the block size (a thumbnail of
+    # a few pixels of a huge level) are capped, so a block never exceeds `block` px a side
+    rx, ry = min(rx, block), min(ry, block)
+    bg = "#" + str(slide.properties.get("openslide.background-color", "ffffff"))
+    inter = Image.new("RGB", (math.ceil(lv_w / rx), math.ceil(lv_h / ry)), bg)
+    ds = float(slide.level_downsamples[level])
+    bw, bh = rx * max(1, block // rx), ry * max(1, block // ry)
+    for y in range(0, lv_h, bh):
+        for x in range(0, lv_w, bw):
+            wh = (min(bw, lv_w - x), min(bh, lv_h - y))
+            xy = (int(l0_xy[0]) + round(x * ds), int(l0_xy[1]) + round(y * ds))
+            rgba = slide.read_region(xy, level, wh)
+            if rgba.getbbox() is None:  # nothing scanned here: background
+                continue
+            rgb = Image.new("RGB", wh, bg)
+            rgb.paste(rgba, None, rgba)
+            del rgba
+            if (rx, ry) != (1, 1):
+                rgb = rgb.reduce((rx, ry))
+            inter.paste(rgb, (x // rx, y // ry))
+    if inter.size != size:
+        box = (0.0, 0.0, lv_w / rx, lv_h / ry)
+        inter = inter.resize(size, Image.Resampling.LANCZOS, box=box)
+    return inter
+
+
+def _thumbnail_size(image_wh: tuple[int, int], max_wh: tuple[int, int]) -> tuple[int, int]:
+    """``PIL.Image.thumbnail``'s output size for an image of ``image_wh`` fitting ``max_wh``."""
+    w, h = image_wh
+    x, y = max_wh
+    if x >= w and y >= h:
+        return w, h
+
+    def round_aspect(number: float, key: Callable[[int], float]) -> int:
+        return max(min(math.floor(number), math.ceil(number), key=key), 1)
+
+    aspect = w / h
+    if x / y >= aspect:
+        x = round_aspect(y * aspect, key=lambda n: abs(aspect - n / y))
+    else:
+        y = round_aspect(x / aspect, key=lambda n: 0 if n == 0 else abs(aspect - x / n))
+    return x, y
 
 
 def _area_downsample(image: np.ndarray, factor: int) -> np.ndarray:

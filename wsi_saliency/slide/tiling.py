@@ -114,7 +114,7 @@ def mask_fraction(
         return np.zeros(0, np.float32)
     h, w = mask.shape
     sat = np.zeros((h + 1, w + 1), np.float64)
-    np.cumsum(np.cumsum(mask.astype(np.float64), axis=0), axis=1, out=sat[1:, 1:])
+    np.cumsum(np.cumsum(mask, axis=0, dtype=np.float64), axis=1, out=sat[1:, 1:])
 
     def integral(mx: np.ndarray, my: np.ndarray) -> np.ndarray:
         # the integral of a piecewise-constant image is bilinear inside each pixel

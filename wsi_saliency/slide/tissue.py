@@ -15,6 +15,7 @@ Pure: scikit-image, scipy and numpy; no OpenSlide import.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,15 @@ import numpy as np
 
 from wsi_saliency.errors import DataError, InputError
 
-__all__ = ["Thumbnail", "load_mask", "pen_mask", "slide_thumbnail", "tissue_mask"]
+__all__ = [
+    "THUMBNAIL_MAX_SIDE",
+    "Thumbnail",
+    "load_mask",
+    "pen_mask",
+    "slide_thumbnail",
+    "thumbnail_downsample",
+    "tissue_mask",
+]
 
 
 @dataclass(frozen=True)
@@ -35,12 +44,26 @@ class Thumbnail:
     l0_per_px: tuple[float, float]
 
 
+THUMBNAIL_MAX_SIDE = 8192
+"""Largest side of a tissue thumbnail, in pixels (a 65 mm slide at 8 um/px)."""
+
+
+def thumbnail_downsample(
+    l0_size_wh: tuple[int, int],
+    l0_mpp: float,
+    thumb_mpp: float = 8.0,
+    max_side: int = THUMBNAIL_MAX_SIDE,
+) -> float:
+    """Level-0 px per tissue-thumbnail px: ``thumb_mpp`` or coarser (``max_side``), >= 1."""
+    return max(thumb_mpp / l0_mpp, max(l0_size_wh) / max_side, 1.0)
+
+
 def slide_thumbnail(
-    reader: Any, *, l0_mpp: float, thumb_mpp: float = 8.0, max_side: int = 8192
+    reader: Any, *, l0_mpp: float, thumb_mpp: float = 8.0, max_side: int = THUMBNAIL_MAX_SIDE
 ) -> Thumbnail:
     """A thumbnail of ``reader`` at about ``thumb_mpp`` (coarser if over ``max_side`` px)."""
     l0_w, l0_h = reader.dimensions
-    ds = max(thumb_mpp / l0_mpp, max(l0_w, l0_h) / max_side, 1.0)
+    ds = thumbnail_downsample((l0_w, l0_h), l0_mpp, thumb_mpp, max_side)
     want = (max(1, math.ceil(l0_w / ds)), max(1, math.ceil(l0_h / ds)))
     image = reader.get_thumbnail(want)
     h, w = image.shape[:2]
@@ -48,29 +71,49 @@ def slide_thumbnail(
     return Thumbnail(image, l0_mpp * (l0_per_px[0] + l0_per_px[1]) / 2, l0_per_px)
 
 
-def _rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
+PEN_MIN_SATURATION = 0.2
+PEN_HUE_RANGE = (0.2, 0.66)
+_HSV_CHUNK_PX = 1 << 20
+"""Thumbnail pixels converted to HSV at once (float64 HSV costs 48 bytes a pixel)."""
+
+
+def _hsv_chunks(rgb: np.ndarray) -> Iterator[tuple[slice, np.ndarray]]:
+    """``(rows, hsv)`` over row bands of an RGB image: HSV float64 ``[rows, W, 3]`` of each band.
+
+    The conversion is per pixel, so bands give exactly the whole image's values, with
+    temporaries bounded by ``_HSV_CHUNK_PX`` instead of ~100 bytes per thumbnail pixel.
+    """
     from skimage.color import rgb2hsv
 
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] < 3:
         raise InputError(f"a thumbnail must be an RGB image [rows, cols, 3], got shape {rgb.shape}")
-    return rgb2hsv(rgb[..., :3])
+    step = max(1, _HSV_CHUNK_PX // max(1, rgb.shape[1]))
+    for r0 in range(0, rgb.shape[0], step):
+        rows = slice(r0, min(r0 + step, rgb.shape[0]))
+        yield rows, rgb2hsv(rgb[rows, :, :3])
+
+
+def _pen_of_hsv(hsv: np.ndarray, min_saturation: float, hue_range: tuple[float, float]):
+    hue, sat, val = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+    return (hue >= hue_range[0]) & (hue <= hue_range[1]) & (sat >= min_saturation) & (val > 0.1)
 
 
 def pen_mask(
     thumbnail_rgb: np.ndarray,
     *,
-    min_saturation: float = 0.2,
-    hue_range: tuple[float, float] = (0.2, 0.66),
+    min_saturation: float = PEN_MIN_SATURATION,
+    hue_range: tuple[float, float] = PEN_HUE_RANGE,
 ) -> np.ndarray:
     """Pixels of blue / green / cyan marker ink: saturated, with a hue H&E never has (bool [H, W]).
 
     HSV hue in ``hue_range`` (0-1 scale) means green is not the weakest channel relative to
     red; H&E (pink to purple) lies outside it.
     """
-    hsv = _rgb_to_hsv(thumbnail_rgb)
-    hue, sat, val = hsv[..., 0], hsv[..., 1], hsv[..., 2]
-    return (hue >= hue_range[0]) & (hue <= hue_range[1]) & (sat >= min_saturation) & (val > 0.1)
+    out = np.zeros(np.shape(thumbnail_rgb)[:2], bool)
+    for rows, hsv in _hsv_chunks(thumbnail_rgb):
+        out[rows] = _pen_of_hsv(hsv, min_saturation, hue_range)
+    return out
 
 
 def _remove_small(mask: np.ndarray, max_px: float, *, holes: bool = False) -> np.ndarray:
@@ -127,15 +170,25 @@ def tissue_mask(
 
     if not (thumb_mpp and thumb_mpp > 0):
         raise InputError(f"thumbnail resolution must be a positive mpp, got {thumb_mpp!r}")
-    hsv = _rgb_to_hsv(thumbnail_rgb)
-    sat, val = hsv[..., 1], hsv[..., 2]
-    black = val < black_value
-    glass = (val > white_value) & (sat < 0.1)
-    pen = np.zeros(sat.shape, bool)
+    shape = np.shape(thumbnail_rgb)[:2]
+    sat = np.empty(shape, np.float64)
+    black = np.empty(shape, bool)
+    glass = np.empty(shape, bool)
+    pen = np.zeros(shape, bool)
+    for rows, hsv in _hsv_chunks(thumbnail_rgb):
+        sat[rows] = hsv[..., 1]
+        black[rows] = hsv[..., 2] < black_value
+        glass[rows] = (hsv[..., 2] > white_value) & (hsv[..., 1] < 0.1)
+        if exclude_pen:
+            pen[rows] = _pen_of_hsv(hsv, PEN_MIN_SATURATION, PEN_HUE_RANGE)
     if exclude_pen:
-        pen = _remove_small(pen_mask(thumbnail_rgb), pen_min_um2 / thumb_mpp**2)
+        pen = _remove_small(pen, pen_min_um2 / thumb_mpp**2)
+    # Structuring elements never exceed the image: a slide declaring a tiny mpp (a thumbnail
+    # of a few nanometres per pixel) would otherwise ask for a disk of millions of pixels.
+    largest = max(sat.shape)
     if pen.any() and pen_margin_um > 0:
-        pen = ndimage.binary_dilation(pen, disk(max(1, round(pen_margin_um / thumb_mpp))))
+        margin = min(max(1, round(pen_margin_um / thumb_mpp)), largest)
+        pen = ndimage.binary_dilation(pen, disk(margin))
     usable = ~(black | pen)
 
     if method == "otsu":
@@ -150,7 +203,7 @@ def tissue_mask(
         raise InputError(f"unknown tissue method {method!r}; use 'otsu' or 'fixed'")
 
     fg = (sat > thr) & usable & ~glass
-    radius = round(closing_um / thumb_mpp)
+    radius = min(round(closing_um / thumb_mpp), largest)
     if radius >= 1:  # pad so the closing does not eat tissue at the image border
         padded = np.pad(fg, radius, mode="edge")
         fg = ndimage.binary_closing(padded, disk(radius))[radius:-radius, radius:-radius]
@@ -166,8 +219,11 @@ def load_mask(path: str | Path, shape_rc: tuple[int, int] | None = None) -> np.n
 
     The mask covers the whole slide. With ``shape_rc`` it is resized onto that grid (the
     thumbnail's): by area when shrinking (a cell is inside when at least half of it is),
-    nearest neighbour when enlarging. ``InputError`` when missing, unreadable or when its
-    aspect ratio differs from the grid's by more than 5 %.
+    nearest neighbour when enlarging. Of a pyramidal TIFF (a Camelyon16 ``*_mask.tif`` holds
+    level 0 of its slide) the coarsest level at least as large as the grid is read, and a
+    TIFF is refused before decoding when that level exceeds ``MASK_MAX_PX`` pixels (Pillow
+    refuses images over 179 M px itself). ``InputError`` when missing, unreadable, too large
+    or when its aspect ratio differs from the grid's by more than 5 %.
     """
     from PIL import Image
 
@@ -176,13 +232,13 @@ def load_mask(path: str | Path, shape_rc: tuple[int, int] | None = None) -> np.n
         raise InputError(f"mask file not found: {p}; give a PNG or TIFF covering the whole slide")
     try:
         if p.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            arr = np.asarray(tifffile.imread(p))
+            arr = _read_tiff_mask(p, shape_rc)
         else:
             with Image.open(p) as img:
                 img.load()
                 arr = np.asarray(img)
+    except InputError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any decoder failure is the same user error
         raise DataError(f"cannot read mask {p}: {exc}; save it as an 8-bit PNG or TIFF") from None
     arr = np.squeeze(arr)
@@ -207,3 +263,37 @@ def load_mask(path: str | Path, shape_rc: tuple[int, int] | None = None) -> np.n
     else:
         out = np.asarray(img.resize((cols, rows), Image.Resampling.NEAREST)) > 0
     return out
+
+
+MASK_MAX_PX = 1 << 30
+"""Largest TIFF mask level decoded (1 G px: 1 GiB as uint8, several while it is resized)."""
+
+
+def _read_tiff_mask(path: Path, shape_rc: tuple[int, int] | None) -> np.ndarray:
+    """The level of a (pyramidal) TIFF mask to use: the coarsest at least ``shape_rc``."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        levels = list(tif.series[0].levels)
+
+        def rows_cols(level: Any) -> tuple[int, int]:
+            axes, shape = level.axes, level.shape
+            if "Y" in axes and "X" in axes:
+                return int(shape[axes.index("Y")]), int(shape[axes.index("X")])
+            return int(shape[0]), (int(shape[1]) if len(shape) > 1 else 1)
+
+        chosen = levels[0]
+        if shape_rc is not None:
+            rows, cols = int(shape_rc[0]), int(shape_rc[1])
+            big = [lv for lv in levels if rows_cols(lv)[0] >= rows and rows_cols(lv)[1] >= cols]
+            if big:
+                chosen = min(big, key=lambda lv: math.prod(rows_cols(lv)))
+        rows, cols = rows_cols(chosen)
+        if rows * cols > MASK_MAX_PX:
+            raise InputError(
+                f"mask {path} is {cols:,} x {rows:,} px (its smallest fitting level), over "
+                f"{MASK_MAX_PX:,} px to decode; save it smaller (the tissue grid is "
+                f"{'any size' if shape_rc is None else f'{shape_rc[1]} x {shape_rc[0]}'} px) "
+                "or as a pyramidal TIFF"
+            )
+        return np.asarray(chosen.asarray())
