@@ -153,6 +153,7 @@ class ScanConfig:
     gradcam_layer: str | None = None  # null = the layer recorded in the model file
     gradcam_cells: int = 12  # Grad-CAM heatmap cells per patch side
     gradcam_centre_weighted: bool = False  # Gaussian weights when overlapping maps are averaged
+    gradcam_map: str = "dense"  # slide map: dense (features over whole regions) | patches
     tta: bool = False  # 8-fold dihedral test-time augmentation (8x the compute)
     workers: int | None = (
         None  # reading threads (own slide handle each); null = one per core, <= 16
@@ -174,6 +175,7 @@ class ScanConfig:
         )
         _check(0 <= self.mpp_tolerance < 0.5, "scan.mpp_tolerance must be in [0, 0.5)")
         _check(2 <= self.gradcam_cells <= 96, "scan.gradcam_cells must be in [2, 96]")
+        _check(self.gradcam_map in ("dense", "patches"), "scan.gradcam_map: dense|patches")
         _check(self.workers is None or self.workers >= 0, "scan.workers must be >= 0 or null")
         _check(self.region >= 96, "scan.region must be >= 96 pixels")
         _check(self.mixed_precision in ("auto", "on", "off"), "scan.mixed_precision: auto|on|off")

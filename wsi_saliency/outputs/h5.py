@@ -7,7 +7,14 @@ not scored); ``heatmap_gradcam`` float32 [H', W']; ``tissue_mask`` uint8 [h, w].
 Attributes: ``patch_size_l0``, ``stride_l0``, ``heatmap_prob_downsample`` and
 ``heatmap_gradcam_downsample`` (level-0 pixels per heatmap cell), ``tissue_mask_downsample``,
 ``target_mpp``, ``slide_mpp``, ``slide_dimensions`` (level-0 width, height), ``read_level``,
-``model_path``, ``model_card`` (JSON), ``config`` (JSON), ``versions`` (JSON).
+``model_path``, ``model_card`` (JSON), ``config`` (JSON), ``versions`` (JSON),
+``format_version`` and ``gradcam_map`` / ``gradcam_map_method`` (how ``heatmap_gradcam`` was
+made: ``"dense"`` or ``"patches"``, and that in words; ``""`` without Grad-CAM).
+
+``format_version`` 2 (no attribute: version 1): ``heatmap_gradcam`` is by default the dense
+Grad-CAM map (``gradcam_map = "dense"``: no patch grid; same formula and scale as the per-patch
+maps, see ``wsi_saliency.scan.dense``); in version 1 it was always the per-patch maps
+stitched. The per-patch ``gradcam`` dataset means what it meant in version 1.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ import h5py
 import numpy as np
 
 from wsi_saliency.outputs.atomic import _plain, atomic_path
+
+FORMAT_VERSION = 2
 
 
 def write_scan_h5(
@@ -52,6 +61,9 @@ def write_scan_h5(
         f.create_dataset("tissue_mask", data=result.tissue_mask.astype(np.uint8), **comp)
         a = f.attrs
         a["frame"] = "coords: level-0 (x, y) pixels; arrays: [row, col]"
+        a["format_version"] = FORMAT_VERSION
+        a["gradcam_map"] = str(getattr(result, "gradcam_map", ""))
+        a["gradcam_map_method"] = str(getattr(result, "gradcam_map_method", ""))
         a["patch_size_l0"] = float(result.patch_size_l0)
         a["stride_l0"] = float(result.stride_l0)
         a["heatmap_prob_downsample"] = float(result.heatmap_prob_downsample)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import html
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from string import Template
@@ -218,7 +218,8 @@ def build_slide_page(
             )
             _save(assets / "gradcam.png", cam.rgba, optimize=True)
             _save(assets / "legend_gradcam.png", colour_bar(cam_scale))
-            overlays.append(_overlay("gradcam", "Grad-CAM", cam, cam_scale, _ticks(cam_scale, 3)))
+            legend = _gradcam_legend(cam_scale, str(scan.get("gradcam_map", "")))
+            overlays.append(_overlay("gradcam", "Grad-CAM", cam, legend, _ticks(cam_scale, 3)))
         else:
             notes.append("no Grad-CAM in scan.h5 (scanned with --no-gradcam)")
 
@@ -286,6 +287,16 @@ def build_slide_page(
         regions=len(regions),
         warnings=tuple(notes),
     )
+
+
+def _gradcam_legend(scale: ColourScale, method: str) -> ColourScale:
+    """The Grad-CAM scale with its legend saying how the slide map was made (``scan.h5``
+    attribute ``gradcam_map``; files written before it existed say nothing)."""
+    how = {
+        "dense": "dense map, no patch grid",
+        "patches": "per-patch maps: the patch grid shows",
+    }.get(method)
+    return replace(scale, label=f"{scale.label}; {how}") if how else scale
 
 
 def _overlay(key: str, label: str, raster: layers.OverlayRaster, scale: ColourScale, ticks) -> dict:

@@ -60,10 +60,17 @@ class SlideResult:
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     config: ScanConfig = field(default_factory=ScanConfig)
+    # how heatmap_gradcam was made: "dense" or "patches" (see GRADCAM_MAP_METHODS); "" if off
+    gradcam_map: str = ""
 
     @property
     def stem(self) -> str:
         return self.path.stem
+
+    @property
+    def gradcam_map_method(self) -> str:
+        """How ``heatmap_gradcam`` was made, in words ("" without Grad-CAM)."""
+        return GRADCAM_MAP_METHODS.get(self.gradcam_map, "")
 
     @property
     def n_scored(self) -> int:
@@ -110,6 +117,7 @@ class SlideResult:
                 if self.timings.get("model_s")
                 else None
             ),
+            "gradcam_map": self.gradcam_map,
             "warnings": list(self.warnings),
         }
 
@@ -121,12 +129,28 @@ def undo_dihedral(maps: np.ndarray, k: int) -> np.ndarray:
     return np.rot90(maps, -(k % 4), axes=(1, 2))
 
 
+GRADCAM_MAP_METHODS = {
+    "dense": (
+        "dense Grad-CAM: the layers up to the Grad-CAM layer run over whole tiles of the slide "
+        "(read with a margin of context); each patch's map is Grad-CAM of the head on its "
+        "footprint of those features (GAP + Dense head: exactly ReLU(sum_k w_k A_k) / (h w), the "
+        "per-patch formula and scale), stitched on the feature lattice and resampled bilinearly"
+    ),
+    "patches": (
+        "per-patch Grad-CAM maps (the dataset 'gradcam') upsampled bilinearly to the cells of "
+        "each patch and averaged where patches overlap"
+    ),
+}
+"""What ``SlideResult.gradcam_map`` means (recorded in ``scan.h5``)."""
+
+
 class PatchScorer:
     """Probabilities (and Grad-CAM maps) for batches of patches, in one model pass.
 
     ``__call__(patches uint8 [B, P, P, 3]) -> (prob float32 [B], cam float32 [B, h, w] or None)``.
     With ``tta`` each patch is scored in its 8 dihedral views (one batch of 8B) and the
-    probabilities and (re-aligned) maps are averaged.
+    probabilities and (re-aligned) maps are averaged. ``dense()``: the
+    :class:`~wsi_saliency.model.gradcam.DenseGradCam` for the slide map (built on first use).
     """
 
     def __init__(
@@ -148,8 +172,19 @@ class PatchScorer:
         # shape, and a slide's last, partial batch would otherwise compile a second time.
         self.batch_size = batch_size
         self.layer = layer or card.gradcam_layer
+        self.logit_layer = card.logit_layer
+        self.jit = jit
         self.gradcam = GradCam(model, self.layer, card.logit_layer, jit=jit) if gradcam else None
         self.map_shape = self.gradcam.map_shape if self.gradcam else (0, 0)
+        self._dense = None
+
+    def dense(self):
+        """The dense Grad-CAM of this scorer's model and layer (ModelError if it cannot be)."""
+        from wsi_saliency.model.gradcam import DenseGradCam
+
+        if self._dense is None:
+            self._dense = DenseGradCam(self.model, self.layer, self.logit_layer, jit=self.jit)
+        return self._dense
 
     @classmethod
     def from_config(cls, model, card, cfg: ScanConfig) -> PatchScorer:
@@ -206,12 +241,19 @@ def scan_slide(
     covering the whole slide, or an image file (PNG/TIFF, non-zero = tissue). ``roi``: a region
     of interest patches must lie in (at least half inside): an array or image file as above,
     or ASAP/Camelyon16 XML outlines. ``scorer``: reuse one ``PatchScorer`` across slides.
+
+    Probabilities come from the per-patch pass; the slide's Grad-CAM map from
+    ``cfg.gradcam_map`` (``GRADCAM_MAP_METHODS``): "dense" reads the scored tissue a second
+    time and runs the backbone over whole tiles (``wsi_saliency.scan.dense``), "patches"
+    stitches the per-patch maps (the grid shows). Dense falls back to "patches", with a
+    warning, when the model or the stride does not allow it.
     """
     from tqdm import tqdm
 
+    from wsi_saliency.scan.budget import check_scan_memory
     from wsi_saliency.scan.stitch import HeatmapStitcher, MapStitcher
     from wsi_saliency.slide import iter_patch_batches, open_slide, plan_resolution, tile_grid
-    from wsi_saliency.slide.tissue import slide_thumbnail, tissue_mask
+    from wsi_saliency.slide.tissue import tissue_mask
 
     path = Path(path)
     t_start = time.perf_counter()
@@ -229,20 +271,21 @@ def scan_slide(
         )
         if plan.warning:
             notes.append(plan.warning)
+        # arrays sized by what the file and the options declare: checked before any is made
+        check_scan_memory(
+            reader.dimensions,
+            plan,
+            patch_t=patch,
+            cfg=cfg,
+            name=path.name,
+            map_cells=math.prod(scorer.map_shape),
+        )
         timings["open_s"] = time.perf_counter() - t_start
 
         t = time.perf_counter()
         l0_size = tuple(int(v) for v in reader.dimensions)
-        ds = overview_downsample(l0_size, reader.level_downsamples)
-        overview = reader.get_thumbnail(
-            (max(1, math.floor(l0_size[0] / ds)), max(1, math.floor(l0_size[1] / ds)))
-        )
+        overview, thumb = _overview_and_thumbnail(reader, plan.l0_mpp, cfg.thumb_mpp)
         overview_ds = (l0_size[0] / overview.shape[1], l0_size[1] / overview.shape[0])
-        # The tissue thumbnail comes from the overview when that is fine enough: a slide
-        # without a coarse level would otherwise be decoded whole a second time.
-        thumb = _thumbnail_from_overview(overview, l0_size, plan.l0_mpp, cfg.thumb_mpp)
-        if thumb is None:
-            thumb = slide_thumbnail(reader, l0_mpp=plan.l0_mpp, thumb_mpp=cfg.thumb_mpp)
         thumb_shape = thumb.image.shape[:2]
         if tissue is None:
             mask = tissue_mask(thumb.image, thumb_mpp=thumb.mpp)
@@ -273,9 +316,12 @@ def scan_slide(
 
     cells = cfg.gradcam_cells
     prob_stitch = HeatmapStitcher.from_grid(grid)
-    cam_stitch = MapStitcher.from_grid(
-        grid, cells, sigma_scale=0.125 if cfg.gradcam_centre_weighted else None
-    )
+    dense = _dense_for(scorer, grid, cfg, notes) if scorer.gradcam is not None else None
+    cam_stitch = None  # the per-patch maps are stitched only when the dense map is not made
+    if dense is None:
+        cam_stitch = MapStitcher.from_grid(
+            grid, cells, sigma_scale=0.125 if cfg.gradcam_centre_weighted else None
+        )
     n = len(grid)
     probs = np.full(n, np.nan, np.float32)
     cams = np.zeros((n, *scorer.map_shape), np.float32)
@@ -299,7 +345,8 @@ def scan_slide(
             prob_stitch.aggregate(p, rc)
             if cam is not None:
                 cams[batch.index] = cam
-                cam_stitch.aggregate(cam, rc)
+                if cam_stitch is not None:
+                    cam_stitch.aggregate(cam, rc)
             bar.update(len(batch))
     finally:
         bar.close()
@@ -309,8 +356,28 @@ def scan_slide(
         raise RuntimeError(f"{path}: {int(np.isnan(probs).sum())} patches were not scored")
     t = time.perf_counter()
     heat_prob = prob_stitch.finalize()
-    heat_cam = cam_stitch.finalize()
+    if cam_stitch is not None:
+        heat_cam = cam_stitch.finalize()
+        cam_ds = float(cam_stitch.l0_per_cell or grid.patch_l0 / cells)
     timings["stitch_s"] = time.perf_counter() - t
+    cam_method = "patches" if scorer.gradcam is not None else ""
+    if dense is not None:
+        from wsi_saliency.scan.dense import dense_slide_map
+
+        heat_cam, cam_ds, dense_timings = dense_slide_map(
+            lambda: open_slide(path),
+            plan,
+            grid,
+            dense,
+            cells,
+            region_t=cfg.region,
+            workers=cfg.workers,
+            tta=cfg.tta,
+            sigma_scale=0.125 if cfg.gradcam_centre_weighted else None,
+            progress=f"{path.name} Grad-CAM" if progress else None,
+        )
+        timings.update(dense_timings)
+        cam_method = "dense"
     timings["total_s"] = time.perf_counter() - t_start
     return SlideResult(
         path=path,
@@ -322,7 +389,7 @@ def scan_slide(
         heatmap_prob=heat_prob,
         heatmap_prob_downsample=float(prob_stitch.l0_per_cell or grid.stride_l0),
         heatmap_gradcam=heat_cam,
-        heatmap_gradcam_downsample=float(cam_stitch.l0_per_cell or grid.patch_l0 / cells),
+        heatmap_gradcam_downsample=cam_ds,
         tissue_mask=mask,
         thumbnail=thumb.image,
         thumbnail_downsample=thumb.l0_per_px,
@@ -339,7 +406,29 @@ def scan_slide(
         timings=timings,
         warnings=notes,
         config=cfg,
+        gradcam_map=cam_method,
     )
+
+
+def _dense_for(scorer: PatchScorer, grid, cfg: ScanConfig, notes: list[str]):
+    """The scorer's ``DenseGradCam`` when ``cfg`` asks for the dense map and it can be made for
+    this grid; None (with a note saying why) to stitch the per-patch maps instead."""
+    from wsi_saliency.errors import ModelError
+
+    if cfg.gradcam_map != "dense":
+        return None
+    try:
+        dense = scorer.dense()
+    except ModelError as exc:
+        notes.append(f"Grad-CAM map stitched from per-patch maps (the grid shows): {exc}")
+        return None
+    if grid.stride_t % dense.stride or grid.patch_t % dense.stride:
+        notes.append(
+            f"Grad-CAM map stitched from per-patch maps (the grid shows): the stride "
+            f"{grid.stride_t} is not a multiple of the Grad-CAM layer's {dense.stride} px cells"
+        )
+        return None
+    return dense
 
 
 def overview_downsample(
@@ -357,6 +446,37 @@ def overview_downsample(
         if ds < level_ds <= 1.25 * ds:
             return level_ds
     return ds
+
+
+def _overview_and_thumbnail(reader, l0_mpp: float, thumb_mpp: float):
+    """The overview (``uint8 [h, w, 3]``, max side ``OVERVIEW_MAX_SIDE``) and the tissue
+    ``Thumbnail`` (about ``thumb_mpp``), with one pass over the slide where a second would cost
+    more: the finer of the two is read and the coarser made from it, unless a pyramid level
+    near the coarser one's resolution makes reading it directly cheap. (A single-level slide
+    is otherwise read whole twice; each read is bounded in memory, see ``get_thumbnail``.)"""
+    from PIL import Image
+
+    from wsi_saliency.slide.reader import thumbnail_geometry
+    from wsi_saliency.slide.tissue import slide_thumbnail, thumbnail_downsample
+
+    l0_size = tuple(int(v) for v in reader.dimensions)
+    ds = overview_downsample(l0_size, reader.level_downsamples)
+    overview_wh = (max(1, math.floor(l0_size[0] / ds)), max(1, math.floor(l0_size[1] / ds)))
+    t_ds = thumbnail_downsample(l0_size, l0_mpp, thumb_mpp)
+    if t_ds < ds:  # the thumbnail is the finer: read the overview only if a level is near it
+        level = thumbnail_geometry(reader.level_dimensions, reader.level_downsamples, overview_wh)
+        if reader.level_downsamples[level.level] <= t_ds * 1.25:
+            thumb = slide_thumbnail(reader, l0_mpp=l0_mpp, thumb_mpp=thumb_mpp)
+            img = Image.fromarray(thumb.image)
+            img.thumbnail(overview_wh, Image.Resampling.LANCZOS)
+            return np.asarray(img), thumb
+    overview = reader.get_thumbnail(overview_wh)
+    # The tissue thumbnail comes from the overview when that is fine enough: a slide
+    # without a coarse level would otherwise be decoded whole a second time.
+    thumb = _thumbnail_from_overview(overview, l0_size, l0_mpp, thumb_mpp)
+    if thumb is None:
+        thumb = slide_thumbnail(reader, l0_mpp=l0_mpp, thumb_mpp=thumb_mpp)
+    return overview, thumb
 
 
 def _thumbnail_from_overview(

@@ -14,17 +14,30 @@ y, so a heatmap aligns with the slide by scaling alone (its origin is the slide'
   bilinearly to ``cells_per_patch`` cells per side, optionally weighted by a Gaussian
   centred on the patch (``sigma_scale``, as MONAI's sliding-window "gaussian" mode), and
   overlap-averaged. Maps are never normalised per patch, so values stay comparable.
+- :func:`resize_heatmap` resamples a whole heatmap to another cell size (NaN-aware), as the
+  dense Grad-CAM map needs when its feature cells are coarser than the heatmap cells.
+- :func:`seam_index` measures how much a stitched map shows the patch grid.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from wsi_saliency.errors import InputError
 
-__all__ = ["HeatmapStitcher", "MapStitcher", "bilinear_resize_maps", "gaussian_weights"]
+__all__ = [
+    "HeatmapStitcher",
+    "MapStitcher",
+    "SeamIndex",
+    "bilinear_resize_maps",
+    "covered_cells",
+    "gaussian_weights",
+    "resize_heatmap",
+    "seam_index",
+]
 
 
 def _check_rc(grid_rc: np.ndarray, n: int, grid_shape: tuple[int, int]) -> np.ndarray:
@@ -213,3 +226,86 @@ class MapStitcher(_Accumulator):
         ok = np.isfinite(maps).all(axis=(1, 2))
         up = bilinear_resize_maps(maps[ok], self.patch_cells)
         self._add(up * self.weights, self.weights, rc[ok])
+
+
+def covered_cells(grid: Any, cells_per_patch: int) -> tuple[np.ndarray, float]:
+    """``(bool [H, W], l0_per_cell)``: the cells of ``MapStitcher.from_grid(grid,
+    cells_per_patch)``'s heatmap that a scored patch of ``grid`` covers (the rest come out NaN),
+    at one byte per cell; InputError when the stride is not whole cells."""
+    p, s = _sizes_from_grid(grid, cells_per_patch)
+    rows, cols = (int(v) for v in grid.grid_shape)
+    extra = max(0, p - s)
+    out = np.zeros((rows * s + extra if rows else 0, cols * s + extra if cols else 0), bool)
+    for r, c in np.asarray(grid.grid_rc, np.int64).reshape(-1, 2):
+        out[r * s : r * s + p, c * s : c * s + p] = True
+    return out, float(grid.patch_l0 / p)
+
+
+def resize_heatmap(heatmap: np.ndarray, shape_rc: tuple[int, int]) -> np.ndarray:
+    """Resample ``heatmap`` [H, W] to ``shape_rc`` over the same extent, bilinearly with cell
+    centres aligned (as :func:`bilinear_resize_maps`), ignoring NaN cells: each output cell is
+    the weighted mean of its finite neighbours, NaN where it has none. float32 [rows, cols]."""
+    values = np.asarray(heatmap, np.float64)
+    rows, cols = int(shape_rc[0]), int(shape_rc[1])
+    if values.shape == (rows, cols):
+        return values.astype(np.float32)
+    finite = np.isfinite(values)
+    ry = _interp_matrix(rows, values.shape[0])
+    rx = _interp_matrix(cols, values.shape[1])
+    total = ry @ np.where(finite, values, 0.0) @ rx.T
+    weight = ry @ finite.astype(np.float64) @ rx.T
+    out = np.full((rows, cols), np.nan, np.float32)
+    ok = weight > 1e-9
+    out[ok] = (total[ok] / weight[ok]).astype(np.float32)
+    return out
+
+
+@dataclass(frozen=True)
+class SeamIndex:
+    """:func:`seam_index`'s result: ``index = border_mean / centre_mean`` and its parts."""
+
+    index: float
+    border_mean: float
+    centre_mean: float
+    n_border: int
+    n_centre: int
+
+
+def seam_index(
+    heatmap: np.ndarray, cells_per_stride: int, mask: np.ndarray | None = None
+) -> SeamIndex:
+    """How much a stitched map shows the patch grid: the mean over cells that touch a patch
+    border divided by the mean over cells at patch centres (1: no grid; 0: black seams).
+
+    Frames: ``heatmap`` [row, col] of heatmap cells whose origin is the slide's, so the patch
+    grid's borders lie at multiples of ``cells_per_stride`` cells (the grid stride in cells;
+    with stride == patch this is the cells per patch, 12 by default). With
+    ``p = cells_per_stride``, cell ``(r, c)`` touches a border when ``r % p`` or ``c % p`` is
+    0 or ``p - 1``; it is a centre cell when both are in the middle (``(p - 1) // 2`` or
+    ``p // 2``: the central 2 x 2 cells for even ``p``). Only finite cells where ``mask`` (bool,
+    the heatmap's shape; e.g. the inside of the lesions) is True count. ``index`` is NaN when
+    either set is empty or the centre mean is not positive.
+    """
+    values = np.asarray(heatmap, np.float64)
+    p = int(cells_per_stride)
+    if p < 3:
+        raise InputError(f"a seam index needs at least 3 cells per stride, got {p}")
+    if values.ndim != 2:
+        raise InputError(f"heatmap must be [rows, cols], got shape {values.shape}")
+    use = np.isfinite(values)
+    if mask is not None:
+        mask = np.asarray(mask, bool)
+        if mask.shape != values.shape:
+            raise InputError(f"mask shape {mask.shape} differs from the heatmap's {values.shape}")
+        use &= mask
+    r = np.arange(values.shape[0])[:, None] % p
+    c = np.arange(values.shape[1])[None, :] % p
+    edge = {0, p - 1}
+    middle = {(p - 1) // 2, p // 2}
+    border = (np.isin(r, list(edge)) | np.isin(c, list(edge))) & use
+    centre = np.isin(r, list(middle)) & np.isin(c, list(middle)) & use
+    n_b, n_c = int(border.sum()), int(centre.sum())
+    b_mean = float(values[border].mean()) if n_b else float("nan")
+    c_mean = float(values[centre].mean()) if n_c else float("nan")
+    index = b_mean / c_mean if n_b and n_c and c_mean > 0 else float("nan")
+    return SeamIndex(index, b_mean, c_mean, n_b, n_c)

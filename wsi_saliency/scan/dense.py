@@ -1,0 +1,258 @@
+"""The slide-level Grad-CAM map without the patch grid: Grad-CAM on dense features.
+
+Per-patch Grad-CAM maps, stitched side by side, show the patch grid: near its border a
+patch's features see zero padding instead of the neighbouring tissue, so every map falls
+toward zero there and a lesion reads as a checkerboard. Here the layers up to the Grad-CAM
+layer run once over whole tiles of the slide (blocks of grid patches read with a margin of
+context), each scored patch's map is cut from those features (its *footprint*) and weighted as
+Grad-CAM weights it (:class:`~wsi_saliency.model.gradcam.DenseGradCam`), and the maps are
+stitched on the feature lattice, then resampled to the heatmap cells. With the default head
+(GAP + one Dense unit) the result is the class activation map ``ReLU(sum_k w_k A_k) / (h w)``
+evaluated densely: the per-patch formula and scale, without the borders.
+
+Probabilities are not touched: they come from the per-patch pass, as before. Tiles are read a
+second time (in background threads) and the backbone runs a second time over them, so this
+costs about one more forward pass over the scored tissue plus the margins.
+
+Frames: tiles are boxes of the target plane (the model's resolution); feature cell ``[i, j]``
+of the slide covers target pixels ``[i s, (i + 1) s) x [j s, (j + 1) s)`` with ``s`` the
+feature stride, so every tile's lattice is the slide's (tile origins are multiples of ``s``).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from wsi_saliency.errors import SlideError
+
+__all__ = [
+    "dense_margin",
+    "dense_slide_map",
+    "dense_tile_side",
+    "dense_tiles",
+    "plan_dense_tiles",
+]
+
+
+def dense_margin(receptive_field: int, stride: int, patch_t: int) -> int:
+    """Context read around each tile, in target px: half the receptive field (so a feature
+    cell at the tile's edge sees the same pixels as inside one big region), capped at half a
+    patch (ResNet50's theoretical field is 483 px, its effective one far smaller), rounded up
+    to whole feature cells."""
+    half = min(math.ceil(receptive_field / 2), math.ceil(patch_t / 2))
+    return int(math.ceil(half / stride) * stride)
+
+
+def dense_tile_side(margin_t: int, region_t: int = 1024) -> int:
+    """Target px per side of the blocks tiles are planned in: at least 32 margins, so that the
+    context read around a full tile adds at most about 1/8 to its area (the tiny backbone's
+    24 px margins: 768 px; ResNet50's 64 px: 2048 px, about 2 GB of activations on a CPU), and
+    at least half the read region ``scan.region`` (raise it on a GPU for bigger tiles)."""
+    return max(int(region_t) // 2, 32 * int(margin_t))
+
+
+def plan_dense_tiles(grid, stride: int, margin_t: int, region_t: int = 1024) -> list:
+    """Tiles covering every patch of ``grid`` once, reading as few pixels as it can.
+
+    The grid is cut into blocks of ``k x k`` positions (``k``: as many strides as fit in
+    ``region_t`` with the margins); a block's tile is the bounding box of its kept patches
+    grown by ``margin_t`` target px on every side (so a cell at a tissue edge sees the slide
+    there, glass, not the layers' zero padding, and the map does not depend on the tiling). A
+    tile is split in two (recursively) where that reads fewer pixels, margins included: tissue
+    edges leave much of a block empty. Returns ``Region`` objects (target-plane box ``t_xy``,
+    ``t_wh``; grid rows ``index``).
+
+    ``grid.stride_t`` and ``grid.patch_t`` must be multiples of ``stride`` (checked by the
+    caller) and so is ``margin_t``: every tile's origin and size are on the slide's feature
+    lattice."""
+    from wsi_saliency.slide.loader import Region
+
+    if len(grid) == 0:
+        return []
+    patch_t, stride_t, m = grid.patch_t, grid.stride_t, int(margin_t)
+    k = max(1, (int(region_t) - patch_t - 2 * m) // stride_t + 1)
+
+    def box(idx: np.ndarray) -> tuple[int, int, int, int]:
+        """Target-plane (x0, y0, x1, y1) of the patches ``idx`` with their margins."""
+        x0, y0 = (int(v) - m for v in grid.t_xy[idx].min(axis=0))
+        x1, y1 = (int(v) + patch_t + m for v in grid.t_xy[idx].max(axis=0))
+        return x0, y0, x1, y1
+
+    def area(b: tuple[int, int, int, int]) -> int:
+        return (b[2] - b[0]) * (b[3] - b[1])
+
+    def tiles_of(idx: np.ndarray) -> list:
+        b = box(idx)
+        best, parts = area(b), None
+        rc = grid.grid_rc[idx]
+        for axis in (0, 1):
+            for cut in np.unique(rc[:, axis])[1:]:
+                low = rc[:, axis] < cut
+                cost = area(box(idx[low])) + area(box(idx[~low]))
+                if cost < best:
+                    best, parts = cost, (idx[low], idx[~low])
+        if parts is None:
+            return [Region((b[0], b[1]), (b[2] - b[0], b[3] - b[1]), idx)]
+        return tiles_of(parts[0]) + tiles_of(parts[1])
+
+    block_rc = grid.grid_rc // k
+    n_bc = int(block_rc[:, 1].max()) + 1
+    keys = block_rc[:, 0] * n_bc + block_rc[:, 1]
+    order = np.argsort(keys, kind="stable")
+    cuts = np.flatnonzero(np.diff(keys[order])) + 1
+    return [tile for idx in np.split(order, cuts) for tile in tiles_of(idx)]
+
+
+def dense_tiles(grid, dense, region_t: int = 1024) -> list:
+    """The tiles :func:`dense_slide_map` reads for ``grid`` with ``dense`` (a ``DenseGradCam``):
+    margins from its receptive field, blocks from :func:`dense_tile_side`."""
+    margin = dense_margin(dense.receptive_field, dense.stride, grid.patch_t)
+    return plan_dense_tiles(grid, dense.stride, margin, dense_tile_side(margin, region_t))
+
+
+def _iter_tile_images(
+    open_reader: Callable, plan, tiles: list, workers: int, resample: str = "lanczos"
+) -> Iterator[tuple[object, np.ndarray]]:
+    """``(tile, uint8 [h, w, 3] target-plane image)`` in tile order; reads run on ``workers``
+    threads (each with its own reader), at most ``2 * workers`` tiles ahead."""
+    from wsi_saliency.slide.loader import _read_target_region
+
+    def error(tile, exc: BaseException) -> SlideError:
+        x, y, w, h = tile.l0_box(plan.l0_per_t)
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return SlideError(
+            f"reading the region at level-0 ({x}, {y}) size {w}x{h} (level {plan.level}) "
+            f"for the Grad-CAM map failed: {msg}"
+        )
+
+    if workers <= 0:
+        with open_reader() as reader:
+            for tile in tiles:
+                try:
+                    image = _read_target_region(reader, plan, tile, resample)
+                except Exception as exc:
+                    raise error(tile, exc) from exc
+                yield tile, image
+        return
+
+    local = threading.local()
+    readers: list = []
+    lock = threading.Lock()
+
+    def read(tile):
+        reader = getattr(local, "reader", None)
+        if reader is None:
+            reader = local.reader = open_reader()
+            with lock:
+                readers.append(reader)
+        return _read_target_region(reader, plan, tile, resample)
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wsi-saliency-dense")
+    pending: deque = deque()
+    queue = iter(tiles)
+    try:
+        for tile in queue:
+            pending.append((tile, pool.submit(read, tile)))
+            if len(pending) >= 2 * workers:
+                break
+        while pending:
+            tile, future = pending.popleft()
+            try:
+                image = future.result()
+            except Exception as exc:
+                raise error(tile, exc) from exc
+            nxt = next(queue, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(read, nxt)))
+            yield tile, image
+    finally:
+        for _, future in pending:
+            future.cancel()
+        pool.shutdown(wait=True)
+        for reader in readers:
+            try:
+                reader.close()
+            except Exception:  # noqa: BLE001, S110 - closing must not mask the real outcome
+                pass
+
+
+def _tile_cams(dense, image: np.ndarray, offsets: np.ndarray, tta: bool) -> np.ndarray:
+    """Grad-CAM maps [n, h, w] of the patches at feature-cell ``offsets`` [n, 2] (x, y) of a
+    tile; with ``tta`` the mean over the 8 dihedral views of the tile (maps re-aligned)."""
+    from wsi_saliency.evaluation import dihedral
+    from wsi_saliency.scan.pipeline import undo_dihedral
+
+    h, w = dense.map_shape
+    views = range(8) if tta else (0,)
+    total = None
+    for k in views:
+        feats = dense.features(dihedral(image[None], k)[0] if k else image)
+        if k:
+            feats = undo_dihedral(feats[None], k)[0]
+        footprints = np.stack([feats[oy : oy + h, ox : ox + w] for ox, oy in offsets])
+        cams = dense.footprint_cams(footprints).astype(np.float64)
+        total = cams if total is None else total + cams
+    return (total / len(views)).astype(np.float32)
+
+
+def dense_slide_map(
+    open_reader: Callable,
+    plan,
+    grid,
+    dense,
+    cells_per_patch: int,
+    *,
+    region_t: int = 1024,
+    workers: int = 2,
+    tta: bool = False,
+    sigma_scale: float | None = None,
+    progress: str | None = None,
+) -> tuple[np.ndarray, float, dict[str, float]]:
+    """The slide's Grad-CAM heatmap from dense features: ``(heatmap float32 [H, W], level-0 px
+    per cell, timings)``. The heatmap has the shape, frame and cells of the per-patch
+    ``MapStitcher.from_grid(grid, cells_per_patch)`` map (NaN where no patch was scored).
+
+    ``dense``: a :class:`~wsi_saliency.model.gradcam.DenseGradCam`; ``grid.patch_t`` and
+    ``grid.stride_t`` must be multiples of its ``stride``. Overlapping patches (stride < patch)
+    are averaged on the feature lattice (with Gaussian weights when ``sigma_scale`` is set).
+    ``progress``: a progress bar's label (patches done), or None for none.
+    """
+    from tqdm import tqdm
+
+    from wsi_saliency.scan.stitch import MapStitcher, covered_cells, resize_heatmap
+
+    s = dense.stride
+    covered, l0_per_cell = covered_cells(grid, cells_per_patch)  # checks the stride first
+    tiles = dense_tiles(grid, dense, region_t)
+    lattice = MapStitcher(
+        grid.grid_shape,
+        dense.map_shape[0],
+        grid.stride_t // s,
+        sigma_scale=sigma_scale,
+        l0_per_cell=grid.l0_per_t * s,
+    )
+    model_s = 0.0
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(grid), desc=progress, unit="patch", disable=progress is None, leave=False)
+    try:
+        for tile, image in _iter_tile_images(open_reader, plan, tiles, workers):
+            offsets = (grid.t_xy[tile.index] - np.asarray(tile.t_xy)) // s
+            tm = time.perf_counter()
+            cams = _tile_cams(dense, image, offsets, tta)
+            model_s += time.perf_counter() - tm
+            rc = grid.grid_rc[tile.index]
+            lattice.aggregate(cams, rc)
+            bar.update(len(rc))
+    finally:
+        bar.close()
+    heatmap = resize_heatmap(lattice.finalize(), covered.shape)
+    heatmap[~covered] = np.nan
+    timings = {"gradcam_map_s": time.perf_counter() - t0, "gradcam_map_model_s": model_s}
+    return heatmap, l0_per_cell, timings
