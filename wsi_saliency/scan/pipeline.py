@@ -224,47 +224,47 @@ class PatchScorer:
         return prob, cam
 
 
-def scan_slide(
-    path: str | Path,
-    model,
+@dataclass
+class SlideLayout:
+    """Stage 1 of a scan: what the slide is and where its patches are, before any model work.
+
+    ``plan``: the resolution plan; ``grid``: the patch grid (level-0 (x, y) of every patch
+    kept); ``mask`` / ``roi_mask``: [row, col] on the thumbnail, ``thumb_l0_per_px`` level-0 px
+    per thumbnail px; ``overview`` RGB with ``overview_downsample`` (level-0 px per overview px,
+    (x, y))."""
+
+    path: Path
+    l0_size: tuple[int, int]
+    plan: Any
+    grid: Any
+    mask: np.ndarray
+    thumbnail: np.ndarray
+    thumb_l0_per_px: tuple[float, float]
+    overview: np.ndarray
+    overview_downsample: tuple[float, float]
+    timings: dict[str, float]
+    notes: list[str]
+
+
+def lay_out_slide(
+    path: Path,
     card,
-    cfg: ScanConfig = ScanConfig(),  # noqa: B008 - frozen dataclass
+    cfg: ScanConfig,
+    scorer: PatchScorer,
     *,
-    scorer: PatchScorer | None = None,
     tissue: np.ndarray | str | Path | None = None,
     roi: np.ndarray | str | Path | None = None,
-    progress: bool = False,
-) -> SlideResult:
-    """Scan the slide at ``path`` with ``model`` (whose ``card`` gives patch size and mpp).
-
-    ``tissue``: a user tissue mask used instead of the automatic one: bool [h, w] of any size
-    covering the whole slide, or an image file (PNG/TIFF, non-zero = tissue). ``roi``: a region
-    of interest patches must lie in (at least half inside): an array or image file as above,
-    or ASAP/Camelyon16 XML outlines. ``scorer``: reuse one ``PatchScorer`` across slides.
-
-    Probabilities come from the per-patch pass; the slide's Grad-CAM map from
-    ``cfg.gradcam_map`` (``GRADCAM_MAP_METHODS``): "dense" reads the scored tissue a second
-    time and runs the backbone over whole tiles (``wsi_saliency.scan.dense``), "patches"
-    stitches the per-patch maps (the grid shows). Dense falls back to "patches", with a
-    warning, when the model or the stride does not allow it.
-    """
-    from tqdm import tqdm
-
+) -> SlideLayout:
+    """Stage 1: open the slide, plan the resolution, check what it will allocate, build the
+    overview and the tissue mask (or take the user's), and tile the tissue."""
     from wsi_saliency.scan.budget import check_scan_memory
-    from wsi_saliency.scan.stitch import HeatmapStitcher, MapStitcher
-    from wsi_saliency.slide import iter_patch_batches, open_slide, plan_resolution, tile_grid
+    from wsi_saliency.slide import open_slide, plan_resolution, tile_grid
     from wsi_saliency.slide.tissue import tissue_mask
 
-    path = Path(path)
     t_start = time.perf_counter()
-    if cfg.workers is None:
-        cfg = replace(cfg, workers=default_workers())
     timings: dict[str, float] = {}
     notes: list[str] = []
-    scorer = scorer or PatchScorer.from_config(model, card, cfg)
     patch = int(card.patch_size)
-    stride = int(cfg.stride or patch)
-
     with open_slide(path) as reader:
         plan = plan_resolution(
             reader, card.patch_mpp, slide_mpp=cfg.slide_mpp, tolerance=cfg.mpp_tolerance
@@ -299,7 +299,7 @@ def scan_slide(
         l0_size,
         plan,
         patch_t=patch,
-        stride_t=stride,
+        stride_t=int(cfg.stride or patch),
         mask=mask,
         mask_l0_per_px=thumb.l0_per_px,
         min_tissue_fraction=cfg.min_tissue_fraction,
@@ -313,12 +313,55 @@ def scan_slide(
             f"{path.name}: no tissue found (0 of {grid.n_candidates} patches reach "
             f"{cfg.min_tissue_fraction:.0%} tissue); heatmaps are empty and the score is 0"
         )
+    return SlideLayout(
+        path,
+        l0_size,
+        plan,
+        grid,
+        mask,
+        thumb.image,
+        thumb.l0_per_px,
+        overview,
+        overview_ds,
+        timings,
+        notes,
+    )
 
+
+@dataclass
+class PatchScores:
+    """Stage 2 of a scan: every grid patch's probability and per-patch Grad-CAM map (rows in
+    grid order), the stitched probability heatmap, and the stitched per-patch Grad-CAM map when
+    the slide map is made from them (``heatmap_gradcam`` None otherwise)."""
+
+    prob: np.ndarray
+    gradcam: np.ndarray
+    heatmap_prob: np.ndarray
+    heatmap_prob_downsample: float
+    heatmap_gradcam: np.ndarray | None
+    heatmap_gradcam_downsample: float | None
+
+
+def score_patches(
+    layout: SlideLayout,
+    scorer: PatchScorer,
+    cfg: ScanConfig,
+    *,
+    stitch_gradcam: bool,
+    progress: bool = False,
+) -> PatchScores:
+    """Stage 2: read every patch of the grid (threads), run the model (+ Grad-CAM) in batches,
+    stitch the probabilities, and the per-patch Grad-CAM maps when ``stitch_gradcam``."""
+    from tqdm import tqdm
+
+    from wsi_saliency.scan.stitch import HeatmapStitcher, MapStitcher
+    from wsi_saliency.slide import iter_patch_batches, open_slide
+
+    grid, path, timings = layout.grid, layout.path, layout.timings
     cells = cfg.gradcam_cells
     prob_stitch = HeatmapStitcher.from_grid(grid)
-    dense = _dense_for(scorer, grid, cfg, notes) if scorer.gradcam is not None else None
-    cam_stitch = None  # the per-patch maps are stitched only when the dense map is not made
-    if dense is None:
+    cam_stitch = None
+    if stitch_gradcam:
         cam_stitch = MapStitcher.from_grid(
             grid, cells, sigma_scale=0.125 if cfg.gradcam_centre_weighted else None
         )
@@ -331,7 +374,7 @@ def scan_slide(
     try:
         for batch in iter_patch_batches(
             lambda: open_slide(path),
-            plan,
+            layout.plan,
             grid,
             batch_size=scorer.batch_size or cfg.batch_size,  # the size the scorer pads to
             region_t=cfg.region,
@@ -356,20 +399,66 @@ def scan_slide(
         raise RuntimeError(f"{path}: {int(np.isnan(probs).sum())} patches were not scored")
     t = time.perf_counter()
     heat_prob = prob_stitch.finalize()
+    heat_cam = cam_ds = None
     if cam_stitch is not None:
         heat_cam = cam_stitch.finalize()
         cam_ds = float(cam_stitch.l0_per_cell or grid.patch_l0 / cells)
     timings["stitch_s"] = time.perf_counter() - t
+    return PatchScores(
+        probs, cams, heat_prob, float(prob_stitch.l0_per_cell or grid.stride_l0), heat_cam, cam_ds
+    )
+
+
+def scan_slide(
+    path: str | Path,
+    model,
+    card,
+    cfg: ScanConfig = ScanConfig(),  # noqa: B008 - frozen dataclass
+    *,
+    scorer: PatchScorer | None = None,
+    tissue: np.ndarray | str | Path | None = None,
+    roi: np.ndarray | str | Path | None = None,
+    progress: bool = False,
+) -> SlideResult:
+    """Scan the slide at ``path`` with ``model`` (whose ``card`` gives patch size and mpp).
+
+    ``tissue``: a user tissue mask used instead of the automatic one: bool [h, w] of any size
+    covering the whole slide, or an image file (PNG/TIFF, non-zero = tissue). ``roi``: a region
+    of interest patches must lie in (at least half inside): an array or image file as above,
+    or ASAP/Camelyon16 XML outlines. ``scorer``: reuse one ``PatchScorer`` across slides.
+
+    Probabilities come from the per-patch pass; the slide's Grad-CAM map from
+    ``cfg.gradcam_map`` (``GRADCAM_MAP_METHODS``): "dense" reads the scored tissue a second
+    time and runs the backbone over whole tiles (``wsi_saliency.scan.dense``), "patches"
+    stitches the per-patch maps (the grid shows). Dense falls back to "patches", with a
+    warning, when the model or the stride does not allow it.
+
+    Stages: ``lay_out_slide`` (open, tissue, grid), ``score_patches`` (read + model), then the
+    dense Grad-CAM map (``dense_slide_map``) when it is made.
+    """
+    from wsi_saliency.slide import open_slide
+
+    path = Path(path)
+    t_start = time.perf_counter()
+    if cfg.workers is None:
+        cfg = replace(cfg, workers=default_workers())
+    scorer = scorer or PatchScorer.from_config(model, card, cfg)
+    layout = lay_out_slide(path, card, cfg, scorer, tissue=tissue, roi=roi)
+    grid, timings, notes = layout.grid, layout.timings, layout.notes
+
+    dense = _dense_for(scorer, grid, cfg, notes) if scorer.gradcam is not None else None
+    scores = score_patches(layout, scorer, cfg, stitch_gradcam=dense is None, progress=progress)
+    heat_cam, cam_ds = scores.heatmap_gradcam, scores.heatmap_gradcam_downsample
     cam_method = "patches" if scorer.gradcam is not None else ""
     if dense is not None:
         from wsi_saliency.scan.dense import dense_slide_map
 
         heat_cam, cam_ds, dense_timings = dense_slide_map(
             lambda: open_slide(path),
-            plan,
+            layout.plan,
             grid,
             dense,
-            cells,
+            cfg.gradcam_cells,
             region_t=cfg.region,
             workers=cfg.workers,
             tta=cfg.tta,
@@ -383,24 +472,24 @@ def scan_slide(
         path=path,
         coords=grid.l0_xy,
         grid_rc=grid.grid_rc,
-        prob=probs,
-        gradcam=cams,
+        prob=scores.prob,
+        gradcam=scores.gradcam,
         tissue_fraction=grid.tissue_fraction,
-        heatmap_prob=heat_prob,
-        heatmap_prob_downsample=float(prob_stitch.l0_per_cell or grid.stride_l0),
+        heatmap_prob=scores.heatmap_prob,
+        heatmap_prob_downsample=scores.heatmap_prob_downsample,
         heatmap_gradcam=heat_cam,
         heatmap_gradcam_downsample=cam_ds,
-        tissue_mask=mask,
-        thumbnail=thumb.image,
-        thumbnail_downsample=thumb.l0_per_px,
-        overview=overview,
-        overview_downsample=overview_ds,
+        tissue_mask=layout.mask,
+        thumbnail=layout.thumbnail,
+        thumbnail_downsample=layout.thumb_l0_per_px,
+        overview=layout.overview,
+        overview_downsample=layout.overview_downsample,
         patch_size_l0=grid.patch_l0,
         stride_l0=grid.stride_l0,
-        target_mpp=plan.t_mpp,
-        slide_mpp=plan.l0_mpp,
-        slide_dimensions=l0_size,
-        plan=plan,
+        target_mpp=layout.plan.t_mpp,
+        slide_mpp=layout.plan.l0_mpp,
+        slide_dimensions=layout.l0_size,
+        plan=layout.plan,
         n_candidates=grid.n_candidates,
         n_skipped_tissue=grid.n_skipped_tissue,
         timings=timings,
