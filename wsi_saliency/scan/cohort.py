@@ -126,6 +126,7 @@ def write_slide_outputs(
         versions=versions,
     )
     name = result.path.name
+    layer = cfg.gradcam_layer or card.gradcam_layer  # --gradcam-layer overrides the card's
     write_heatmap_png(
         folder / "heatmap.png",
         result.overview,
@@ -141,7 +142,7 @@ def write_slide_outputs(
         result.overview_downsample,
         result.heatmap_gradcam,
         result.heatmap_gradcam_downsample,
-        title=f"{name}: Grad-CAM at {card.gradcam_layer} (one scale for the slide)",
+        title=f"{name}: Grad-CAM at {layer} (one scale for the slide)",
         scale=gradcam_scale(result.heatmap_gradcam),
         alpha=0.55,
     )
