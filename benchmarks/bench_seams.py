@@ -229,13 +229,13 @@ def margin_error(model, card, dense, slide: Path) -> dict:
     join) and the mean over all its cells, relative to the core map's standard deviation."""
     from wsi_saliency.scan.dense import dense_margin
     from wsi_saliency.slide import open_slide, plan_resolution
-    from wsi_saliency.slide.loader import Region, _read_target_region
+    from wsi_saliency.slide.loader import Region, read_target_region
 
     w = model.get_layer(card.logit_layer).get_weights()[0][:, 0]
     with open_slide(slide) as reader:
         plan = plan_resolution(reader, card.patch_mpp)
         region = Region((2592, 800), (1152, 1152), np.zeros(0, np.int64))
-        image = _read_target_region(reader, plan, region)
+        image = read_target_region(reader, plan, region)
     s = dense.stride
     full = dense.features(image) @ w
     c0, c1 = 384, 768

@@ -262,6 +262,8 @@ def check_slides_memory(paths: list[Any], card: Any, cfg: Any) -> None:
     from wsi_saliency.errors import WsiSaliencyError
     from wsi_saliency.slide import open_slide, plan_resolution
 
+    if len(paths) > 1 and cfg.slide_mpp is None:
+        return  # nothing here could stop the cohort: each slide is checked by its own scan
     for path in paths:
         try:
             reader = open_slide(path)

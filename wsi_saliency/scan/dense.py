@@ -122,7 +122,7 @@ def _iter_tile_images(
 ) -> Iterator[tuple[object, np.ndarray]]:
     """``(tile, uint8 [h, w, 3] target-plane image)`` in tile order; reads run on ``workers``
     threads (each with its own reader), at most ``2 * workers`` tiles ahead."""
-    from wsi_saliency.slide.loader import _read_target_region
+    from wsi_saliency.slide.loader import read_target_region
 
     def error(tile, exc: BaseException) -> SlideError:
         x, y, w, h = tile.l0_box(plan.l0_per_t)
@@ -136,7 +136,7 @@ def _iter_tile_images(
         with open_reader() as reader:
             for tile in tiles:
                 try:
-                    image = _read_target_region(reader, plan, tile, resample)
+                    image = read_target_region(reader, plan, tile, resample)
                 except Exception as exc:
                     raise error(tile, exc) from exc
                 yield tile, image
@@ -152,7 +152,7 @@ def _iter_tile_images(
             reader = local.reader = open_reader()
             with lock:
                 readers.append(reader)
-        return _read_target_region(reader, plan, tile, resample)
+        return read_target_region(reader, plan, tile, resample)
 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wsi-saliency-dense")
     pending: deque = deque()

@@ -229,9 +229,9 @@ class SlideLayout:
     """Stage 1 of a scan: what the slide is and where its patches are, before any model work.
 
     ``plan``: the resolution plan; ``grid``: the patch grid (level-0 (x, y) of every patch
-    kept); ``mask`` / ``roi_mask``: [row, col] on the thumbnail, ``thumb_l0_per_px`` level-0 px
-    per thumbnail px; ``overview`` RGB with ``overview_downsample`` (level-0 px per overview px,
-    (x, y))."""
+    kept); ``mask``: the tissue mask, [row, col] on ``thumbnail``, ``thumb_l0_per_px`` level-0
+    px per thumbnail px (x, y); ``overview`` RGB with ``overview_downsample`` (level-0 px per
+    overview px, (x, y))."""
 
     path: Path
     l0_size: tuple[int, int]

@@ -40,6 +40,7 @@ __all__ = [
     "iter_patch_batches",
     "plan_regions",
     "read_region_patches",
+    "read_target_region",
 ]
 
 _JOIN_TIMEOUT_S = 60.0
@@ -92,7 +93,7 @@ def plan_regions(grid: TileGrid, region_t: int = 1024) -> list[Region]:
     return regions
 
 
-def _read_target_region(
+def read_target_region(
     reader: SlideReader, plan: ResolutionPlan, region: Region, resample: str = "lanczos"
 ) -> np.ndarray:
     """The region resampled to the target plane: uint8 [t_h, t_w, 3]."""
@@ -128,7 +129,7 @@ def read_region_patches(
     resample: str = "lanczos",
 ) -> np.ndarray:
     """The patches of ``region`` (grid rows ``region.index``): uint8 [n, P, P, 3]."""
-    img = _read_target_region(reader, plan, region, resample)
+    img = read_target_region(reader, plan, region, resample)
     p = grid.patch_t
     out = np.empty((len(region.index), p, p, 3), np.uint8)
     offsets = grid.t_xy[region.index] - np.asarray(region.t_xy)
