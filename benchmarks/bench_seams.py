@@ -15,7 +15,10 @@ Maps compared, with the trained tiny model (``--model``; default ``demo_out/mode
 ``wsi-saliency demo demo_out`` or ``wsi-saliency train --config configs/sample.yaml``):
 
 - ``patches``: per-patch Grad-CAM maps stitched side by side (the default until now);
-- ``dense``: Grad-CAM on dense features (``wsi_saliency.scan.dense``; the new default);
+- ``dense``: Grad-CAM on dense features (``wsi_saliency.scan.dense``; the new default), around
+  the patches whose own map reaches ``scan.gradcam_dense_min`` (1/64) of the slide's scale;
+- ``dense_everywhere``: the same with ``gradcam_dense_min=0`` (every patch densely); the
+  default's largest difference from it, relative to the slide's colour scale, is reported;
 - ``overlap48``: stride 48 (4x the patches), per-patch maps averaged with Gaussian centre
   weights (``gradcam_centre_weighted``);
 - ``centre32``: stride 32 (9x the patches, PCam's geometry), each patch's map kept for its
@@ -26,8 +29,12 @@ activation map of a core computed from a tile with margin m is compared with the
 inside a larger region, for several m (tiny model; ResNet50 with random weights).
 
 Cost, side by side in one run, ``patches`` against ``dense``, alternating, for the tiny model
-and ResNet50 (random weights: ImageNet weights cannot be downloaded here; nothing about the
-cost depends on the weights): ``scan_slide`` with a warm scorer (median of ``--repeat``), and
+and ResNet50 (random weights: ImageNet weights cannot be downloaded here), ``patches``,
+``dense`` and ``dense_everywhere``: the dense pass's cost grows with the share of patches whose
+map is warm (``gradcam_dense_patches``), which depends on the weights (a trained PCam model's
+map of normal tissue is mostly zero; random weights warm about anything), so
+``dense_everywhere`` is the cost's upper bound: ``scan_slide`` with a warm scorer (median of
+``--repeat``), and
 the ``wsi-saliency scan`` command end to end in a fresh process (model loading and every
 output file included; median of ``--cli-repeat``). Not a test: ``python
 benchmarks/bench_seams.py [--figures docs]``; results go to ``benchmarks/results/seams.json``;
@@ -65,6 +72,11 @@ from _machine import (  # noqa: E402
 SAMPLE_SLIDE = REPO / "sample_data" / "slide" / "sample_slide.tif"
 DEFAULT_MODEL = REPO / "demo_out" / "model" / "model.keras"
 CELLS = 12  # Grad-CAM heatmap cells per patch side (ScanConfig.gradcam_cells)
+METHODS = {  # the slide maps whose cost is compared (ScanConfig fields)
+    "patches": {"gradcam_map": "patches"},
+    "dense": {"gradcam_map": "dense"},
+    "dense_everywhere": {"gradcam_map": "dense", "gradcam_dense_min": 0.0},
+}
 
 
 # ---------------------------------------------------------------- slides
@@ -152,7 +164,11 @@ def seams_for_slide(model, card, name: str, path: Path, xml: Path, alternatives:
 
     scorer = PatchScorer.from_config(model, card, ScanConfig())
     out = {"slide": name, "path": str(path), "maps": {}}
-    runs = {"patches": {"gradcam_map": "patches"}, "dense": {"gradcam_map": "dense"}}
+    runs = {
+        "patches": {"gradcam_map": "patches"},
+        "dense": {"gradcam_map": "dense"},
+        "dense_everywhere": {"gradcam_map": "dense", "gradcam_dense_min": 0.0},
+    }
     if alternatives:
         runs["overlap48"] = {
             "gradcam_map": "patches",
@@ -160,7 +176,7 @@ def seams_for_slide(model, card, name: str, path: Path, xml: Path, alternatives:
             "gradcam_centre_weighted": True,
         }
         runs["centre32"] = {"gradcam_map": "patches", "stride": 32}
-    base = None
+    base = default = None
     scan(path, model, card, scorer, gradcam_map="dense")  # warm-up: tracing, compilation
     for label, kw in runs.items():
         res = scan(path, model, card, scorer, **kw)
@@ -176,6 +192,7 @@ def seams_for_slide(model, card, name: str, path: Path, xml: Path, alternatives:
             "lesion_cells": int(mask.sum()),
             **seam_figures(heat, period, mask),
             "scan_total_s": round(res.timings["total_s"], 2),
+            "gradcam_dense_patches": res.gradcam_dense_patches,
         }
         if label == "patches":
             base = res
@@ -184,11 +201,21 @@ def seams_for_slide(model, card, name: str, path: Path, xml: Path, alternatives:
                 res.timings["total_s"] / base.timings["total_s"], 2
             )
         if label == "dense":
+            default = res
             same = np.array_equal(res.prob, base.prob) and np.array_equal(
                 res.heatmap_prob, base.heatmap_prob, equal_nan=True
             )
             row["probabilities_bit_identical_to_patches"] = bool(same)
             row.update(tile_figures(res, scorer.dense()))
+        if label == "dense_everywhere":
+            from wsi_saliency.outputs.colour import gradcam_scale
+
+            vmax = gradcam_scale(res.heatmap_gradcam).vmax
+            diff = np.abs(default.heatmap_gradcam - res.heatmap_gradcam)
+            row["default_max_abs_diff_over_colour_scale"] = round(float(np.nanmax(diff)) / vmax, 5)
+            row["default_cells_differing_over_1_256_of_scale"] = int(
+                np.count_nonzero(np.nan_to_num(diff) > vmax / 256)
+            )
         print(json.dumps({"slide": name, "map": label, **row}), flush=True)
         out["maps"][label] = row
     return out
@@ -197,7 +224,7 @@ def seams_for_slide(model, card, name: str, path: Path, xml: Path, alternatives:
 def tile_figures(res, dense) -> dict:
     """How the dense map's tiles were laid out for the scan ``res`` (rebuilt from its grid)."""
     from wsi_saliency.config import ScanConfig
-    from wsi_saliency.scan.dense import dense_margin, dense_tiles
+    from wsi_saliency.scan.dense import dense_margin, dense_rows, dense_tiles
     from wsi_saliency.slide.tiling import TileGrid
 
     patch = dense.patch_size
@@ -213,12 +240,14 @@ def tile_figures(res, dense) -> dict:
         l0_per_t=res.plan.l0_per_t,
         l0_size_wh=res.slide_dimensions,
     )
-    tiles = dense_tiles(grid, dense, ScanConfig().region)
+    rows = dense_rows(grid, res.gradcam, ScanConfig().gradcam_dense_min)
+    tiles = dense_tiles(grid, dense, ScanConfig().region, rows)
     read_px = sum(t.t_wh[0] * t.t_wh[1] for t in tiles)
     return {
         "dense_margin_px": dense_margin(dense.receptive_field, dense.stride, patch),
         "dense_tiles": len(tiles),
         "dense_read_px_over_scored_px": round(read_px / (res.n_scored * patch**2), 3),
+        "dense_read_px_over_dense_patches_px": round(read_px / (max(1, len(rows)) * patch**2), 3),
     }
 
 
@@ -261,15 +290,15 @@ def cost_side_by_side(model, card, path: Path, repeat: int) -> dict:
     from wsi_saliency.scan.pipeline import PatchScorer
 
     scorer = PatchScorer.from_config(model, card, ScanConfig())
-    for method in ("patches", "dense"):  # warm-up
-        scan(path, model, card, scorer, gradcam_map=method)
-    times: dict[str, list[dict]] = {"patches": [], "dense": []}
-    n = 0
+    for kw in METHODS.values():  # warm-up
+        scan(path, model, card, scorer, **kw)
+    times: dict[str, list[dict]] = {m: [] for m in METHODS}
+    n, n_dense = 0, {}
     for _ in range(repeat):
-        for method in times:
-            res = scan(path, model, card, scorer, gradcam_map=method)
+        for method, kw in METHODS.items():
+            res = scan(path, model, card, scorer, **kw)
             times[method].append(res.timings)
-            n = res.n_scored
+            n, n_dense[method] = res.n_scored, res.gradcam_dense_patches
 
     def med(method: str, key: str) -> float:
         return float(np.median([t.get(key, 0.0) for t in times[method]]))
@@ -283,31 +312,38 @@ def cost_side_by_side(model, card, path: Path, repeat: int) -> dict:
         }
         out[method]["total_s_all"] = [round(t["total_s"], 3) for t in times[method]]
         out[method]["patches_per_s"] = round(n / out[method]["total_s"], 1)
-    out["dense_over_patches_total"] = round(out["dense"]["total_s"] / out["patches"]["total_s"], 3)
-    out["dense_map_over_per_patch_inference"] = round(
-        out["dense"]["gradcam_map_s"] / out["dense"]["inference_s"], 3
-    )
+        out[method]["gradcam_dense_patches"] = n_dense[method]
+    for method in ("dense", "dense_everywhere"):
+        out[f"{method}_over_patches_total"] = round(
+            out[method]["total_s"] / out["patches"]["total_s"], 3
+        )
+        out[f"{method}_map_over_per_patch_inference"] = round(
+            out[method]["gradcam_map_s"] / out[method]["inference_s"], 3
+        )
     return out
 
 
 def cli_side_by_side(model_path: Path, slide: Path, folder: Path, repeat: int) -> dict:
-    """``wsi-saliency scan`` in a fresh process, default (dense) and ``gradcam_map=patches``."""
-    walls: dict[str, list[float]] = {"patches": [], "dense": []}
+    """``wsi-saliency scan`` in a fresh process: the default (dense), ``gradcam_map=patches``
+    and ``gradcam_dense_min=0``, alternating."""
+    walls: dict[str, list[float]] = {m: [] for m in METHODS}
     for i in range(repeat):
-        for method in walls:
+        for method, kw in METHODS.items():
             out = folder / f"cli-{method}-{i}"
             cmd = [sys.executable, "-m", "wsi_saliency", "scan", str(slide)]
             cmd += ["--model", str(model_path), "--out", str(out), "--quiet", "--overwrite"]
-            if method == "patches":
-                cmd += ["--set", "gradcam_map=patches"]
+            for key, value in kw.items():
+                if key != "gradcam_map" or value != "dense":
+                    cmd += ["--set", f"{key}={value}"]
             t0 = time.perf_counter()
             subprocess.run(cmd, check=True, capture_output=True, cwd=REPO)
             walls[method].append(round(time.perf_counter() - t0, 2))
-    p, d = float(np.median(walls["patches"])), float(np.median(walls["dense"]))
+    med = {m: float(np.median(w)) for m, w in walls.items()}
     return {
         "wall_s": walls,
-        "median_s": {"patches": p, "dense": d},
-        "dense_over_patches": round(d / p, 3),
+        "median_s": med,
+        "dense_over_patches": round(med["dense"] / med["patches"], 3),
+        "dense_everywhere_over_patches": round(med["dense_everywhere"] / med["patches"], 3),
     }
 
 

@@ -65,3 +65,14 @@ def test_bad_config_files(tmp_path):
     wrong.write_text("trainer:\n  seed: 1\n")
     with pytest.raises(InputError, match="unknown section 'trainer'"):
         load_config(wrong)
+
+
+def test_bare_on_and_off_in_yaml_or_set_reach_string_options_as_words(tmp_path):
+    """YAML 1.1 reads a bare ``off`` as false: string options still get the word."""
+    from wsi_saliency.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  mixed_precision: off\n  distribute: off\nscan:\n  jit_compile: on\n")
+    cfg = load_config(path, ["scan.mixed_precision=off"])
+    assert cfg.train.mixed_precision == "off" and cfg.train.distribute == "off"
+    assert cfg.scan.jit_compile == "on" and cfg.scan.mixed_precision == "off"

@@ -193,7 +193,7 @@ def test_scan_h5_records_how_the_gradcam_map_was_made(scans, tmp_path):
             tmp_path / f"{method}.h5", result, model_path="m", model_card={}, config={}, versions={}
         )
         attrs = read_scan_h5(path, ())
-        assert attrs["format_version"] == FORMAT_VERSION == 2
+        assert attrs["format_version"] == FORMAT_VERSION == 3
         assert attrs["gradcam_map"] == method
         assert attrs["gradcam_map_method"] == result.gradcam_map_method
         assert ("dense" in attrs["gradcam_map_method"]) == (method == "dense")
@@ -319,6 +319,82 @@ def test_dense_tiles_cover_every_patch_once_on_the_feature_lattice():
     )
     tiles = plan_dense_tiles(sparse, 8, 24, region_t=96 * 3 + 48)
     assert sorted(t.t_wh for t in tiles) == [(144, 144), (144, 144)]
+
+
+def _grid(rc, shape):
+    from wsi_saliency.slide.tiling import TileGrid
+
+    rc = np.asarray(rc, np.int64)
+    return TileGrid(
+        l0_xy=rc[:, ::-1] * 96,
+        t_xy=rc[:, ::-1] * 96,
+        grid_rc=rc,
+        tissue_fraction=np.ones(len(rc), np.float32),
+        grid_shape=shape,
+        patch_t=96,
+        stride_t=96,
+        l0_per_t=1.0,
+        l0_size_wh=(shape[1] * 96, shape[0] * 96),
+    )
+
+
+def test_dense_rows_are_the_warm_patches_and_their_neighbours():
+    from wsi_saliency.scan.dense import dense_rows
+
+    rc = [(r, c) for r in range(8) for c in range(8)]
+    grid = _grid(rc, (8, 8))
+    cams = np.zeros((64, 3, 3), np.float32)
+    cams[rc.index((2, 2))] = 1.0  # one warm patch: 9 of 576 cells, the scale (99.5 %) is 1
+    cams[rc.index((2, 3)), 0, 0] = 1.0 / 64  # reaches 1/64 of the scale
+    cams[rc.index((6, 6)), 0, 0] = 1.0 / 200  # does not: keeps its per-patch map
+    rows = dense_rows(grid, cams, 1 / 64)
+    expected = sorted(rc.index((r, c)) for r in (1, 2, 3) for c in (1, 2, 3, 4))
+    assert rows.tolist() == expected
+    np.testing.assert_array_equal(dense_rows(grid, cams, 0.0), np.arange(64))  # 0: all
+    assert len(dense_rows(grid, np.zeros_like(cams), 1 / 64)) == 0  # nothing warm: none
+    # one warm cell in the slide: the scale is 0 and every positive cell is saturated (warm);
+    # at the slide's edge only the neighbours that exist
+    cams[:] = 0
+    cams[0, 0, 0] = 1.0
+    assert dense_rows(grid, cams, 1 / 64).tolist() == [0, 1, 8, 9]
+
+
+def test_cold_patches_keep_their_per_patch_maps_in_the_dense_map(tiny, lesion_slide, scans):
+    """Patches outside the warm set are not read again: their cells are the per-patch map's;
+    the warm ones are the dense map's. Here the test model's maps are warm everywhere, so the
+    scan's own per-patch maps are zeroed outside a block to make cold patches."""
+    from wsi_saliency.scan.dense import dense_slide_map
+    from wsi_saliency.scan.pipeline import PatchScorer, lay_out_slide
+    from wsi_saliency.slide import open_slide
+
+    model, card = tiny
+    dense_result, patches = scans["dense"], scans["patches"]
+    assert dense_result.gradcam_dense_patches == dense_result.n_scored  # warm everywhere
+    cams = patches.gradcam.copy()
+    rc = patches.grid_rc
+    warm = (np.abs(rc[:, 0] - 5) <= 1) & (np.abs(rc[:, 1] - 5) <= 1)
+    cams[~warm] = 0.0
+    scorer = PatchScorer.from_config(model, card, ScanConfig())
+    layout = lay_out_slide(lesion_slide[0], card, ScanConfig(), scorer)
+    np.testing.assert_array_equal(layout.grid.grid_rc, rc)
+    out = dense_slide_map(
+        lambda: open_slide(lesion_slide[0]),
+        layout.plan,
+        layout.grid,
+        scorer.dense(),
+        CELLS,
+        workers=0,
+        patch_cams=cams,
+        dense_min=1 / 64,
+    )
+    near = (np.abs(rc[:, 0] - 5) <= 2) & (np.abs(rc[:, 1] - 5) <= 2)  # warm block + neighbours
+    assert out.n_dense == int(near.sum()) == 25
+    cell = lambda r, c: (slice(r * CELLS, (r + 1) * CELLS), slice(c * CELLS, (c + 1) * CELLS))  # noqa: E731
+    np.testing.assert_allclose(  # the warm centre patch: the dense map
+        out.heatmap[cell(5, 5)], dense_result.heatmap_gradcam[cell(5, 5)], rtol=1e-5, atol=1e-7
+    )
+    far = next(tuple(x) for x in rc if abs(x[0] - 5) > 3 and abs(x[1] - 5) > 3)
+    assert np.all(out.heatmap[cell(*far)] == 0.0)  # a cold patch: its (zeroed) per-patch map
 
 
 # ---------------------------------------------------------------- pure numpy

@@ -113,9 +113,16 @@ class TrainConfig:
     # Re-estimate the statistics of trainable BatchNorm layers on this many un-augmented train
     # batches before the kept model is saved (0 = off); see training.recalibrate_batchnorm.
     precise_bn_batches: int = 50
+    # Data parallel over every local accelerator (auto; data.batch_size is the global batch)
+    # or one device (off); see training.data_parallel.
+    distribute: str = "off"
 
     def __post_init__(self) -> None:
         _check(self.head_epochs >= 0 and self.finetune_epochs >= 0, "epochs must be >= 0")
+        _check(
+            self.distribute in ("auto", "off"),
+            f"train.distribute must be auto (every local GPU) or off, got {self.distribute!r}",
+        )
         _check(self.head_epochs + self.finetune_epochs >= 1, "train for at least one epoch")
         _check(self.head_lr > 0 and self.finetune_lr > 0, "learning rates must be > 0")
         _check(
@@ -154,6 +161,9 @@ class ScanConfig:
     gradcam_cells: int = 12  # Grad-CAM heatmap cells per patch side
     gradcam_centre_weighted: bool = False  # Gaussian weights when overlapping maps are averaged
     gradcam_map: str = "dense"  # slide map: dense (features over whole regions) | patches
+    # dense map only around patches whose own map reaches this fraction of the slide's Grad-CAM
+    # scale (99.5th percentile); the rest keep their per-patch maps, all but zero. 0 = everywhere
+    gradcam_dense_min: float = 1 / 64
     tta: bool = False  # 8-fold dihedral test-time augmentation (8x the compute)
     workers: int | None = (
         None  # reading threads (own slide handle each); null = one per core, <= 16
@@ -176,6 +186,7 @@ class ScanConfig:
         _check(0 <= self.mpp_tolerance < 0.5, "scan.mpp_tolerance must be in [0, 0.5)")
         _check(2 <= self.gradcam_cells <= 96, "scan.gradcam_cells must be in [2, 96]")
         _check(self.gradcam_map in ("dense", "patches"), "scan.gradcam_map: dense|patches")
+        _check(0 <= self.gradcam_dense_min <= 1, "scan.gradcam_dense_min must be in [0, 1]")
         _check(self.workers is None or self.workers >= 0, "scan.workers must be >= 0 or null")
         _check(self.region >= 96, "scan.region must be >= 96 pixels")
         _check(self.mixed_precision in ("auto", "on", "off"), "scan.mixed_precision: auto|on|off")
@@ -234,6 +245,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if hint is str:
         if isinstance(value, (dict, list)):
             raise InputError(f"{key} must be a single value, got {value!r}")
+        if isinstance(value, bool):  # YAML 1.1 reads a bare on/off (yes/no) as a boolean
+            return "on" if value else "off"
         return str(value)
     return value
 

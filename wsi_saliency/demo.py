@@ -1,8 +1,11 @@
 """The demo: train the sample model (or reuse it), scan the sample slide, and measure how well
-the probability heatmap finds the lesions planted in it (their ASAP outlines are known)."""
+the probability heatmap finds the lesions planted in it (their ASAP outlines are known). When
+the real slide of ``../shared/data`` is there (CMU-1-Small-Region: skin, no lymph node, so no
+metastasis is expected), it is scanned too, with the bundled real-PCam model."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,8 @@ from wsi_saliency.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_CONFIG = REPO / "configs" / "sample.yaml"
+SHARED_DATA = Path(os.environ.get("WSI_SALIENCY_SHARED_DATA", REPO.parent / "shared" / "data"))
+REAL_SLIDE = SHARED_DATA / "slides" / "CMU-1-Small-Region.svs"
 
 
 def sample_data_dir(out: Path, log: Callable[[str], None]) -> Path:
@@ -99,8 +104,35 @@ def run_demo(out: str | Path, *, retrain: bool = False, log: Callable[[str], Non
     )
     write_json(out / "demo_report.json", {"model": str(model_path), "slide": str(slide), **check})
     folder = scans / slide.stem
-    return (
+    report = (
         f"sample slide: heatmap cell AUC against the planted lesions {check['cell_auc']:.3f}, "
         f"best alignment shift {check['best_shift_cells']} cells; outputs in {folder} "
         f"({', '.join(SLIDE_FILES)}); look at them with `wsi-saliency review {scans}`"
+    )
+    real = scan_real_slide(out / "scan_real", cfg.scan, log)
+    return report if real is None else f"{report}\n{real}"
+
+
+def scan_real_slide(out: Path, cfg, log: Callable[[str], None]) -> str | None:
+    """Scan ``REAL_SLIDE`` with the bundled model into ``out``; a line of report, or None (with
+    the reason logged) when the slide or the bundled model is not there."""
+    from wsi_saliency.model.bundled import DEFAULT_MODEL, bundled_models, describe
+    from wsi_saliency.model.io import read_card
+    from wsi_saliency.scan.cohort import scan_cohort
+
+    if not REAL_SLIDE.is_file():
+        log(f"no real slide at {REAL_SLIDE}: skipping the real-slide scan")
+        return None
+    model = bundled_models().get(DEFAULT_MODEL)
+    if model is None:
+        log(f"no bundled model {DEFAULT_MODEL!r} in this installation: skipping the real slide")
+        return None
+    log(f"scanning {REAL_SLIDE.name} with the {describe(model.name, read_card(model.path))}")
+    rows = scan_cohort([REAL_SLIDE], model.path, out, cfg, overwrite=True, log=log)
+    if rows[0].status != "done":
+        raise InputError(f"scanning {REAL_SLIDE} failed: {rows[0].error}")
+    return (
+        f"real slide {REAL_SLIDE.name} (skin, no lymph node: no metastasis expected), bundled "
+        f"model {model.name!r}: max P(metastasis) {rows[0].score_max:.3f}, outputs in "
+        f"{out / REAL_SLIDE.stem}"
     )

@@ -22,6 +22,7 @@ epoch is the best one, re-publishes ``model.keras`` from ``last.keras``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -260,6 +261,100 @@ def plan_phases(cfg: RunConfig) -> list[Phase]:
     return phases
 
 
+# ---------------------------------------------------------------- devices
+
+
+@dataclass
+class DataParallel:
+    """How a run uses the local devices: ``strategy`` is ``none`` (one device),
+    ``MirroredStrategy`` (TensorFlow) or ``DataParallel`` (Keras' JAX distribution). Each
+    step splits the global batch (``data.batch_size``) evenly over ``devices`` and averages
+    the gradients over them; the variables are the same on every device, so the model file
+    is the one a single-device run writes.
+
+    ``scope()``: where the model's variables are created and it is compiled; ``fit_scope()``:
+    where it is trained (JAX's distribution is global, so the same scope; a TensorFlow model
+    keeps the strategy it was created under). ``validation_twin(model)``: the model that
+    validation scores, a single-device copy on TensorFlow (``predict_on_batch`` of a mirrored
+    model gives every replica the whole batch and concatenates their outputs)."""
+
+    mode: str  # auto | off (train.distribute)
+    strategy: str
+    devices: tuple[str, ...] = ()
+    scope: Callable[[], Any] = field(default=contextlib.nullcontext, repr=False)
+    fit_scope: Callable[[], Any] = field(default=contextlib.nullcontext, repr=False)
+
+    def validation_twin(self, model):
+        """None, or (TensorFlow, data parallel) a clone of ``model`` outside the strategy,
+        whose weights ``Validate`` sets from ``model`` before each validation."""
+        if self.strategy != "MirroredStrategy":
+            return None
+        import keras
+
+        return keras.models.clone_model(model)
+
+    def record(self, batch_size: int) -> dict[str, Any]:
+        """What ``run.json`` says under ``distribute``."""
+        n = max(1, len(self.devices))
+        return {
+            "mode": self.mode,
+            "strategy": self.strategy,
+            "devices": list(self.devices),
+            "replicas": n,
+            "global_batch_size": batch_size,
+            "per_replica_batch_size": batch_size // n,
+        }
+
+
+def data_parallel(mode: str, batch_size: int, log: Callable[[str], None] = print) -> DataParallel:
+    """``train.distribute``: ``off`` trains on the backend's default device; ``auto`` on every
+    local accelerator of the backend (its GPUs; else its CPU devices, which are more than one
+    only when configured so, as the tests do), data parallel when there are two or more:
+    ``tf.distribute.MirroredStrategy`` on TensorFlow, ``keras.distribution.DataParallel`` on
+    JAX. PyTorch: ``InputError`` (Keras has no distribution for it). ``batch_size`` must split
+    evenly over the devices."""
+    import keras
+
+    if mode == "off":
+        return DataParallel("off", "none")
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        devices = [d.name for d in tf.config.list_logical_devices("GPU")] or [
+            d.name for d in tf.config.list_logical_devices("CPU")
+        ]
+    elif backend == "jax":
+        devices = [str(d) for d in keras.distribution.list_devices()]
+    else:
+        raise InputError(
+            f"train.distribute=auto: data-parallel training is not supported on the {backend} "
+            "backend (Keras distributes only TensorFlow and JAX): set train.distribute=off "
+            "(--distribute off), or use KERAS_BACKEND=tensorflow or jax"
+        )
+    if len(devices) < 2:
+        log(f"train.distribute=auto: one device ({', '.join(devices)}), training on it alone")
+        return DataParallel("auto", "none", tuple(devices))
+    if batch_size % len(devices):
+        raise InputError(
+            f"data.batch_size={batch_size} does not split evenly over the {len(devices)} "
+            f"devices of train.distribute=auto: use a multiple of {len(devices)}"
+        )
+    if backend == "tensorflow":
+        strategy = tf.distribute.MirroredStrategy(devices=devices)
+        used = tuple(strategy.extended.worker_devices)
+        result = DataParallel("auto", "MirroredStrategy", used, strategy.scope)
+    else:
+        distribution = keras.distribution.DataParallel(devices=keras.distribution.list_devices())
+        used = tuple(str(d) for d in distribution.device_mesh.devices.reshape(-1))
+        result = DataParallel("auto", "DataParallel", used, distribution.scope, distribution.scope)
+    log(
+        f"data parallel ({result.strategy}) over {len(devices)} devices: {', '.join(devices)}; "
+        f"global batch {batch_size} = {batch_size // len(devices)} per device"
+    )
+    return result
+
+
 # ---------------------------------------------------------------- result
 
 
@@ -385,6 +480,7 @@ class _Start:
     epoch: int  # epochs already done
     best: dict[str, Any]
     state: dict[str, Any] | None
+    twin: Any = None  # what validation scores when not ``model`` (DataParallel.validation_twin)
 
 
 def open_run_data(cfg: RunConfig, log: Callable[[str], None] = print) -> _RunData:
@@ -488,6 +584,7 @@ def fit_phase(
         callbacks,
         valid=data.valid_view,
         precise_bn_split=data.train_split,
+        twin=start.twin,
         log=log,
     )
     train_batches = prefetch(
@@ -524,8 +621,11 @@ def run_phases(
     *,
     callbacks: tuple = (),
     log: Callable[[str], None] = print,
+    parallel: DataParallel | None = None,
 ) -> None:
-    """Stages 3 and 4 for every phase still to run (all of them, or the rest after a resume)."""
+    """Stages 3 and 4 for every phase still to run (all of them, or the rest after a resume),
+    compiled and trained in the scopes of ``parallel`` (``train.distribute``)."""
+    parallel = parallel or DataParallel("off", "none")
     phases = plan_phases(cfg)
     epoch_base = 0
     for index, phase in enumerate(phases):
@@ -534,24 +634,26 @@ def run_phases(
             epoch_base = phase_end
             continue
         if not (start.state is not None and start.epoch > epoch_base):  # not resumed mid-phase
-            n_train = compile_phase(cfg, start, phase)
+            with parallel.scope():
+                n_train = compile_phase(cfg, start, phase)
             log(
                 f"phase {index + 1}/{len(phases)} '{phase.name}': {phase.epochs} epochs at "
                 f"lr {phase.lr:g}, {n_train} trainable backbone layers"
             )
         first = max(start.epoch, epoch_base)
-        ran = fit_phase(
-            cfg,
-            out,
-            start,
-            data,
-            phase,
-            index,
-            (first, phase_end),
-            history,
-            callbacks=callbacks,
-            log=log,
-        )
+        with parallel.fit_scope():
+            ran = fit_phase(
+                cfg,
+                out,
+                start,
+                data,
+                phase,
+                index,
+                (first, phase_end),
+                history,
+                callbacks=callbacks,
+                log=log,
+            )
         if first + ran < phase_end:
             log(
                 f"early stopping after epoch {first + ran}: valid AUC did not improve for "
@@ -659,20 +761,29 @@ def train(
     policy = configure_precision(cfg.train.mixed_precision, device=device)
     keras.utils.set_random_seed(cfg.train.seed)
     log(f"{device.describe()}; dtype policy {policy}")
+    parallel = data_parallel(cfg.train.distribute, cfg.data.batch_size, log)
 
     data = open_run_data(cfg, log)
     try:
         for folder in (out, out / "logs", out / CHECKPOINT_DIR):
             folder.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(dump_yaml(cfg))
-        start = start_model(cfg, out, state, log)
+        # The variables are created (and compiled, and trained) in the distribution's scopes;
+        # the model file is saved as a single-device run saves it; finish_run is single-device.
+        with parallel.scope():
+            start = start_model(cfg, out, state, log)
+        start.twin = parallel.validation_twin(start.model)
         # Rows for epochs the state does not hold (interrupted before it was written) are
         # dropped: those epochs run again and the CSV logger appends them once.
         history = _truncate_history(out / "logs" / "history.csv", start.epoch)
         if start.epoch:
             _republish_best(cfg, out, start.model, start.best, start.epoch, history, log)
-        run_phases(cfg, out, start, data, history, callbacks=callbacks, log=log)
-        run_info = {"dtype_policy": policy, "devices": device.describe()}
+        run_phases(cfg, out, start, data, history, callbacks=callbacks, log=log, parallel=parallel)
+        run_info = {
+            "dtype_policy": policy,
+            "devices": device.describe(),
+            "distribute": parallel.record(data.batch_size),
+        }
         return finish_run(cfg, out, start, data, history, run_info, t0, log)
     finally:
         data.close()
@@ -791,6 +902,7 @@ def _callbacks(
     *,
     valid,
     precise_bn_split=None,
+    twin=None,
     log: Callable[[str], None] = print,
 ):
     import keras
@@ -828,7 +940,11 @@ def _callbacks(
                         f"re-estimating {n_layers} BatchNorm layers on {n_batches} un-augmented "
                         f"train batches{short} before each validation"
                     )
-            result = evaluate_split(model, valid, batch_size=cfg.data.batch_size)
+            scored = model
+            if twin is not None:  # data parallel on TensorFlow: a single-device copy
+                twin.set_weights(model.get_weights())
+                scored = twin
+            result = evaluate_split(scored, valid, batch_size=cfg.data.batch_size)
             if logs is not None:
                 logs.update(
                     val_loss=binary_cross_entropy(result.labels, result.probs),

@@ -15,7 +15,16 @@ def scan_command(
     slides: Annotated[
         list[str], typer.Argument(metavar="SLIDE", help="Slide files, folders or glob patterns.")
     ],
-    model: Annotated[Path, typer.Option("--model", "-m", help="model.keras written by train.")],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            metavar="PATH|NAME",
+            help="model.keras written by train, or a bundled model's name (default: the "
+            "bundled real-PCam model; see 'wsi-saliency info').",
+        ),
+    ] = None,
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Output folder (one subfolder per slide).")
     ] = Path("scans"),
@@ -62,9 +71,28 @@ def scan_command(
         bool, typer.Option("--overwrite", help="Rescan slides whose outputs are complete.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            metavar="local|local:N",
+            help="Scan on a Dask cluster started here: local (one worker per GPU) or local:N "
+            "(N worker processes on the CPUs). Needs the 'dask' extra.",
+        ),
+    ] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            metavar="tcp://HOST:PORT",
+            help="Scan on the running Dask cluster of this scheduler (OUT must be on a "
+            "filesystem every worker sees).",
+        ),
+    ] = None,
 ) -> None:
     """Scan slides into metastasis heatmaps with Grad-CAM (OUT/<slide>/scan.h5, PNGs, summary)."""
     with cli_errors():
+        from wsi_saliency.scan.distributed import check_cluster_options
+
+        check_cluster_options(cluster, scheduler)  # imports no Dask
         from wsi_saliency.config import load_config
         from wsi_saliency.model.io import read_card
         from wsi_saliency.scan.cohort import expand_slides
@@ -86,7 +114,12 @@ def scan_command(
         overrides.extend(s if s.startswith("scan.") else f"scan.{s}" for s in set_)
         flags = {f"scan.{k}": flag for k, flag, _ in options}
         cfg = load_config(config, overrides, flags).scan
+        from wsi_saliency.model.bundled import describe, resolve_model
+
+        model, bundled_name = resolve_model(model)
         card = read_card(model)
+        if bundled_name:
+            typer.echo(f"model: {describe(bundled_name, card)}", err=True)
         check_stride(card.patch_size, cfg.stride or card.patch_size, cfg.gradcam_cells)
         paths = expand_slides(slides)
         from wsi_saliency.scan.budget import check_slides_memory
@@ -101,13 +134,7 @@ def scan_command(
 
         ensure_writable_dir(out)
         prepare_backend()
-        from wsi_saliency.scan.cohort import scan_cohort
-
-        rows = scan_cohort(
-            paths,
-            model,
-            out,
-            cfg,
+        run = dict(
             overwrite=overwrite,
             progress=not quiet,
             log=lambda m: typer.echo(m, err=True),
@@ -115,6 +142,15 @@ def scan_command(
             tissue_masks=tissue_masks,
             rois=roi,
         )
+        if cluster is None and scheduler is None:
+            from wsi_saliency.scan.cohort import scan_cohort
+
+            rows = scan_cohort(paths, model, out, cfg, **run)
+        else:
+            from wsi_saliency.scan.distributed import cluster_client, scan_cohort_distributed
+
+            with cluster_client(cluster, scheduler, log=run["log"]) as client:
+                rows = scan_cohort_distributed(paths, model, out, cfg, client, **run)
         failed = [r for r in rows if r.status == "failed"]
         done = sum(r.status == "done" for r in rows)
         skipped = sum(r.status == "skipped" for r in rows)

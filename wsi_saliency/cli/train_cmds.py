@@ -51,6 +51,14 @@ def train_command(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace what --out holds.")
     ] = False,
+    distribute: Annotated[
+        str | None,
+        typer.Option(
+            metavar="auto|off",
+            help="auto: data parallel over every local GPU (--batch-size is the global batch); "
+            "off: one device (train.distribute).",
+        ),
+    ] = None,
 ) -> None:
     """Train the patch classifier (transfer learning, binary head) on PCam-format data."""
     with cli_errors():
@@ -66,6 +74,7 @@ def train_command(
             ("data", "batch_size", batch_size),
             ("train", "steps_per_epoch", steps_per_epoch),
             ("train", "seed", seed),
+            ("train", "distribute", distribute),
         ):
             if value is not None:
                 overrides.append((section, key, value))
@@ -95,7 +104,12 @@ def train_command(
 
 
 def evaluate_command(
-    model: Annotated[Path, typer.Argument(help="model.keras written by train.")],
+    model: Annotated[
+        str,
+        typer.Argument(
+            metavar="MODEL", help="model.keras written by train, or a bundled model's name."
+        ),
+    ],
     data: Annotated[
         str, typer.Argument(help="PCam HDF5 folder, image-folder root or Kaggle folder.")
     ],
@@ -108,7 +122,8 @@ def evaluate_command(
     out: Annotated[
         Path | None,
         typer.Option(
-            help="Folder for metrics.json and roc.png (default: beside the model, eval-SPLIT)."
+            help="Folder for metrics.json and roc.png (default: beside the model, eval-SPLIT; "
+            "for a bundled model ./eval-NAME-SPLIT)."
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
@@ -119,9 +134,13 @@ def evaluate_command(
             raise InputError(f"--threshold must be in [0, 1], got {threshold}")
         if batch_size < 1:
             raise InputError("--batch-size must be >= 1")
+        from wsi_saliency.model.bundled import resolve_model
         from wsi_saliency.model.io import read_card
 
+        model, bundled_name = resolve_model(model)
         card = read_card(model)  # fails fast, before TensorFlow is imported
+        if bundled_name and out is None:  # not beside the model: inside the installed package
+            out = Path(f"eval-{bundled_name}-{split}")
         if not Path(data).exists():
             raise InputError(f"data {data} does not exist: pass a PCam folder or image-folder root")
         prepare_backend()
@@ -171,9 +190,14 @@ def info_command() -> None:
         prepare_backend()
         from wsi_saliency import __version__
         from wsi_saliency.backend import device_info
+        from wsi_saliency.model.bundled import DEFAULT_MODEL, bundled_models, describe
+        from wsi_saliency.model.io import read_card
 
         typer.echo(f"wsi-saliency {__version__}")
         typer.echo(device_info().describe())
+        for name, bundled in bundled_models().items():
+            default = " [default]" if name == DEFAULT_MODEL else ""
+            typer.echo(f"{describe(name, read_card(bundled.path))}{default}: {bundled.path}")
 
 
 def register(app: typer.Typer) -> None:

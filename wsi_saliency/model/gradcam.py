@@ -243,10 +243,13 @@ def _forward_fn(model, *, jit: bool):
     if backend == "tensorflow":
         import tensorflow as tf
 
+        # One graph for every region size: without the signature TensorFlow retraced the first
+        # few sizes (ResNet50 on a 2-core CPU: 4-6 s per region instead of 1.7 s).
         run = tf.function(
-            lambda x: tf.cast(model(x, training=False), tf.float32), reduce_retracing=True
+            lambda x: tf.cast(model(x, training=False), tf.float32),
+            input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)],
         )
-        return lambda x: run(tf.convert_to_tensor(x)).numpy()
+        return lambda x: run(tf.convert_to_tensor(x, tf.float32)).numpy()
     if backend == "jax":
         import jax
         import jax.numpy as jnp

@@ -47,6 +47,9 @@ class ModelCard:
     versions: dict[str, str] = field(default_factory=dict)
     created: str = ""
     format: int = CARD_FORMAT
+    # what the model is, for a model shipped to others (wsi_saliency.model.bundled.ABOUT):
+    # data, recipe, validation, what it is not, licence; empty for a user's own run
+    about: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
         data = asdict(self)

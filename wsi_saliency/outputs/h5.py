@@ -11,10 +11,14 @@ Attributes: ``patch_size_l0``, ``stride_l0``, ``heatmap_prob_downsample`` and
 ``format_version`` and ``gradcam_map`` / ``gradcam_map_method`` (how ``heatmap_gradcam`` was
 made: ``"dense"`` or ``"patches"``, and that in words; ``""`` without Grad-CAM).
 
-``format_version`` 2 (no attribute: version 1): ``heatmap_gradcam`` is by default the dense
-Grad-CAM map (``gradcam_map = "dense"``: no patch grid; same formula and scale as the per-patch
-maps, see ``wsi_saliency.scan.dense``); in version 1 it was always the per-patch maps
-stitched. The per-patch ``gradcam`` dataset means what it meant in version 1.
+``format_version`` 3: ``heatmap_gradcam`` is by default the dense Grad-CAM map
+(``gradcam_map = "dense"``: no patch grid; same formula and scale as the per-patch maps, see
+``wsi_saliency.scan.dense``), computed densely around the patches whose own map reaches
+``scan.gradcam_dense_min`` of the slide's scale and taken from the per-patch maps elsewhere
+(all but zero there); attribute ``gradcam_dense_patches`` says how many patches were computed
+densely (-1: not dense). Version 2 computed every patch densely and had no such attribute;
+version 1 (no ``format_version``) always stitched the per-patch maps. The per-patch
+``gradcam`` dataset means what it meant in version 1.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import numpy as np
 
 from wsi_saliency.outputs.atomic import _plain, atomic_path
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 def write_scan_h5(
@@ -64,6 +68,7 @@ def write_scan_h5(
         a["format_version"] = FORMAT_VERSION
         a["gradcam_map"] = str(getattr(result, "gradcam_map", ""))
         a["gradcam_map_method"] = str(getattr(result, "gradcam_map_method", ""))
+        a["gradcam_dense_patches"] = int(getattr(result, "gradcam_dense_patches", -1))
         a["patch_size_l0"] = float(result.patch_size_l0)
         a["stride_l0"] = float(result.stride_l0)
         a["heatmap_prob_downsample"] = float(result.heatmap_prob_downsample)

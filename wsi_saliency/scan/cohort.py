@@ -3,7 +3,8 @@
 ``OUT/<slide stem>/`` holds ``scan.h5``, ``heatmap.png``, ``gradcam.png``, ``tissue.png``,
 the viewer files (``heatmap.tiff``, ``gradcam.tiff``, ``regions.geojson``, ``regions.xml``;
 see ``wsi_saliency.outputs.export``) and ``summary.json``. A slide is written into
-``OUT/.<stem>.partial/`` and renamed when all its files are there, so a folder
+``OUT/.<stem>.partial/`` (on a Dask worker ``OUT/.<stem>.partial-<attempt>/``, see
+``wsi_saliency.scan.distributed``) and renamed when all its files are there, so a folder
 ``OUT/<stem>/`` is always complete; a rerun skips complete slides (unless ``overwrite``) and
 redoes interrupted ones. ``OUT/cohort.csv`` lists every slide with its status (``done`` or
 ``failed``), scores, patches scored, seconds and error. A slide finished by an earlier run
@@ -22,6 +23,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from wsi_saliency.config import ScanConfig
 from wsi_saliency.errors import InputError, WsiSaliencyError
@@ -242,6 +244,129 @@ def _write_csv(path: Path, rows: list[CohortRow]) -> None:
         tmp.write_text(buf.getvalue())
 
 
+@dataclass
+class Scanner:
+    """What every slide of a cohort needs from the model file, loaded once: the model, its
+    card, the ``PatchScorer`` for the scan config and the software versions to record.
+    The serial loop holds one; a Dask worker keeps one for all its slides."""
+
+    model_path: Path
+    model: Any
+    card: Any
+    scorer: Any
+    versions: dict[str, str]
+
+
+def load_scanner(model_path: Path, cfg: ScanConfig) -> Scanner:
+    """Load the model at ``model_path`` (under ``cfg.mixed_precision``) and its scorer."""
+    from wsi_saliency.model.io import load_model, software_versions
+    from wsi_saliency.scan.pipeline import PatchScorer
+
+    policy = None
+    if cfg.mixed_precision != "off":
+        from wsi_saliency.backend import configure_precision
+
+        policy = configure_precision(cfg.mixed_precision)
+    model, card = load_model(model_path, dtype_policy=policy)
+    scorer = PatchScorer.from_config(model, card, cfg)
+    return Scanner(Path(model_path), model, card, scorer, software_versions())
+
+
+def kept_row(slide: Path, out: Path, *, overwrite: bool = False) -> CohortRow | None:
+    """The ``skipped`` row of a slide whose outputs in ``out`` are complete from an earlier
+    run (its figures read back from them); None when the slide is to be scanned."""
+    final = out / slide.stem
+    kept = None if overwrite or not is_complete(final) else row_from_outputs(slide, final)
+    if kept is not None:
+        kept.status = "skipped"
+    return kept
+
+
+def clear_partials(out: Path, stem: str) -> None:
+    """Remove what interrupted attempts at slide ``stem`` left in ``out``: the serial
+    ``.<stem>.partial`` and the ``.<stem>.partial-<attempt>`` folders of Dask workers that
+    died (never complete: a folder is complete only once renamed to ``<stem>``)."""
+    shutil.rmtree(out / f".{stem}.partial", ignore_errors=True)
+    for stale in glob.glob(str(out / f"{glob.escape('.' + stem)}.partial-*")):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def scan_one(
+    slide: Path,
+    out: Path,
+    scanner: Scanner,
+    cfg: ScanConfig,
+    *,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+    debug: bool = False,
+    tissue_masks: Path | None = None,
+    rois: Path | None = None,
+    attempt: str = "",
+) -> CohortRow:
+    """Scan one slide into ``out/<stem>/`` and return its row (``done`` or ``failed``).
+
+    The body both the serial loop and a Dask worker's task run. The outputs are written into
+    ``out/.<stem>.partial`` (``.<stem>.partial-<attempt>`` when ``attempt`` is given, so two
+    attempts never share a folder) and renamed when complete. Any exception fails the slide
+    (its row carries a one-line error) unless ``debug``, which re-raises it.
+    """
+    from wsi_saliency.scan.pipeline import scan_slide
+
+    final = out / slide.stem
+    partial = out / (f".{slide.stem}.partial" + (f"-{attempt}" if attempt else ""))
+    clear_partials(out, slide.stem)
+    t0 = time.perf_counter()
+    try:
+        result = scan_slide(
+            slide,
+            scanner.model,
+            scanner.card,
+            cfg,
+            scorer=scanner.scorer,
+            progress=progress,
+            tissue=None if tissue_masks is None else find_mask(tissue_masks, slide, "tissue mask"),
+            roi=None if rois is None else find_mask(rois, slide, "region of interest", (".xml",)),
+        )
+        for note in result.warnings:
+            log(f"warning: {note}")
+        write_slide_outputs(
+            result,
+            partial,
+            model_path=scanner.model_path,
+            card=scanner.card,
+            cfg=cfg,
+            versions=scanner.versions,
+            started=t0,
+        )
+        if final.exists():
+            shutil.rmtree(final)
+        partial.rename(final)
+        # Read back like a slide finished by an earlier run, so both rows are the same.
+        row = row_from_outputs(slide, final)
+        if row is None:
+            raise WsiSaliencyError(f"{final / 'summary.json'} cannot be read back")
+        log(
+            f"{slide.name}: score {result.score_max():.3f} (max), {result.n_scored} patches, "
+            f"{result.summary()['patches_per_s']} patches/s -> {final}"
+        )
+        return row
+    except WsiSaliencyError as exc:
+        if debug:
+            raise
+        shutil.rmtree(partial, ignore_errors=True)
+        log(f"error: {exc}")
+        return CohortRow(str(slide), "failed", seconds=time.perf_counter() - t0, error=str(exc))
+    except Exception as exc:  # noqa: BLE001 - one bad slide must not stop the cohort
+        if debug:
+            raise
+        shutil.rmtree(partial, ignore_errors=True)
+        first = (str(exc).splitlines() or [""])[0]
+        message = f"{slide}: {type(exc).__name__}: {first} (rerun with --debug for details)"
+        log(f"error: {message}")
+        return CohortRow(str(slide), "failed", seconds=time.perf_counter() - t0, error=message)
+
+
 def scan_cohort(
     slides: list[Path],
     model_path: Path,
@@ -258,90 +383,34 @@ def scan_cohort(
     """Scan ``slides`` with the model at ``model_path`` into ``out``; returns one row per slide.
 
     ``tissue_masks`` / ``rois``: folders holding, per slide, ``<stem>.png|tif|tiff`` (a mask
-    covering the whole slide; ROIs may also be ``<stem>.xml`` ASAP outlines).
+    covering the whole slide; ROIs may also be ``<stem>.xml`` ASAP outlines). In this process,
+    one slide after the other; ``wsi_saliency.scan.distributed.scan_cohort_distributed`` runs
+    the same ``scan_one`` on a Dask cluster.
     """
     from tqdm import tqdm
 
-    from wsi_saliency.model.io import load_model, software_versions
-    from wsi_saliency.scan.pipeline import PatchScorer, scan_slide
-
-    policy = None
-    if cfg.mixed_precision != "off":
-        from wsi_saliency.backend import configure_precision
-
-        policy = configure_precision(cfg.mixed_precision)
-    model, card = load_model(model_path, dtype_policy=policy)
-    scorer = PatchScorer.from_config(model, card, cfg)
-    versions = software_versions()
+    scanner = load_scanner(model_path, cfg)
     rows: list[CohortRow] = []
     bar = tqdm(slides, desc="slides", unit="slide", disable=not progress or len(slides) < 2)
     for slide in bar:
-        final = out / slide.stem
-        kept = None if overwrite or not is_complete(final) else row_from_outputs(slide, final)
+        kept = kept_row(slide, out, overwrite=overwrite)
         if kept is not None:
-            kept.status = "skipped"
             rows.append(kept)
+            final = out / slide.stem
             log(f"{slide.name}: complete outputs in {final} from an earlier run, skipped")
-            _write_csv(out / "cohort.csv", rows)
-            continue
-        partial = out / f".{slide.stem}.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        t0 = time.perf_counter()
-        try:
-            result = scan_slide(
-                slide,
-                model,
-                card,
-                cfg,
-                scorer=scorer,
-                progress=progress,
-                tissue=None
-                if tissue_masks is None
-                else find_mask(tissue_masks, slide, "tissue mask"),
-                roi=None
-                if rois is None
-                else find_mask(rois, slide, "region of interest", (".xml",)),
-            )
-            for note in result.warnings:
-                log(f"warning: {note}")
-            write_slide_outputs(
-                result,
-                partial,
-                model_path=model_path,
-                card=card,
-                cfg=cfg,
-                versions=versions,
-                started=t0,
-            )
-            if final.exists():
-                shutil.rmtree(final)
-            partial.rename(final)
-            # Read back like a slide finished by an earlier run, so both rows are the same.
-            row = row_from_outputs(slide, final)
-            if row is None:
-                raise WsiSaliencyError(f"{final / 'summary.json'} cannot be read back")
-            rows.append(row)
-            log(
-                f"{slide.name}: score {result.score_max():.3f} (max), {result.n_scored} patches, "
-                f"{result.summary()['patches_per_s']} patches/s -> {final}"
-            )
-        except WsiSaliencyError as exc:
-            if debug:
-                raise
-            shutil.rmtree(partial, ignore_errors=True)
+        else:
             rows.append(
-                CohortRow(str(slide), "failed", seconds=time.perf_counter() - t0, error=str(exc))
+                scan_one(
+                    slide,
+                    out,
+                    scanner,
+                    cfg,
+                    progress=progress,
+                    log=log,
+                    debug=debug,
+                    tissue_masks=tissue_masks,
+                    rois=rois,
+                )
             )
-            log(f"error: {exc}")
-        except Exception as exc:  # noqa: BLE001 - one bad slide must not stop the cohort
-            if debug:
-                raise
-            shutil.rmtree(partial, ignore_errors=True)
-            first = (str(exc).splitlines() or [""])[0]
-            message = f"{slide}: {type(exc).__name__}: {first} (rerun with --debug for details)"
-            rows.append(
-                CohortRow(str(slide), "failed", seconds=time.perf_counter() - t0, error=message)
-            )
-            log(f"error: {message}")
         _write_csv(out / "cohort.csv", rows)
     return rows

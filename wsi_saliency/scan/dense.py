@@ -27,18 +27,33 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
 
 from wsi_saliency.errors import SlideError
 
 __all__ = [
+    "DenseMap",
     "dense_margin",
+    "dense_rows",
     "dense_slide_map",
     "dense_tile_side",
     "dense_tiles",
     "plan_dense_tiles",
 ]
+
+
+class DenseMap(NamedTuple):
+    """The slide's dense Grad-CAM map: ``heatmap`` float32 [H, W] ([row, col], NaN where not
+    scored) with ``l0_per_cell`` level-0 px per cell, ``timings`` (s), and how many patches
+    were computed densely (``n_dense``) in how many tiles (``n_tiles``)."""
+
+    heatmap: np.ndarray
+    l0_per_cell: float
+    timings: dict[str, float]
+    n_dense: int
+    n_tiles: int
 
 
 def dense_margin(receptive_field: int, stride: int, patch_t: int) -> int:
@@ -58,8 +73,11 @@ def dense_tile_side(margin_t: int, region_t: int = 1024) -> int:
     return max(int(region_t) // 2, 32 * int(margin_t))
 
 
-def plan_dense_tiles(grid, stride: int, margin_t: int, region_t: int = 1024) -> list:
-    """Tiles covering every patch of ``grid`` once, reading as few pixels as it can.
+def plan_dense_tiles(
+    grid, stride: int, margin_t: int, region_t: int = 1024, rows: np.ndarray | None = None
+) -> list:
+    """Tiles covering every patch of ``grid`` (or its ``rows``) once, reading as few pixels as
+    it can.
 
     The grid is cut into blocks of ``k x k`` positions (``k``: as many strides as fit in
     ``region_t`` with the margins); a block's tile is the bounding box of its kept patches
@@ -74,7 +92,8 @@ def plan_dense_tiles(grid, stride: int, margin_t: int, region_t: int = 1024) -> 
     lattice."""
     from wsi_saliency.slide.loader import Region
 
-    if len(grid) == 0:
+    rows = np.arange(len(grid)) if rows is None else np.asarray(rows, np.int64)
+    if len(rows) == 0:
         return []
     patch_t, stride_t, m = grid.patch_t, grid.stride_t, int(margin_t)
     k = max(1, (int(region_t) - patch_t - 2 * m) // stride_t + 1)
@@ -102,19 +121,47 @@ def plan_dense_tiles(grid, stride: int, margin_t: int, region_t: int = 1024) -> 
             return [Region((b[0], b[1]), (b[2] - b[0], b[3] - b[1]), idx)]
         return tiles_of(parts[0]) + tiles_of(parts[1])
 
-    block_rc = grid.grid_rc // k
+    block_rc = grid.grid_rc[rows] // k
     n_bc = int(block_rc[:, 1].max()) + 1
     keys = block_rc[:, 0] * n_bc + block_rc[:, 1]
-    order = np.argsort(keys, kind="stable")
-    cuts = np.flatnonzero(np.diff(keys[order])) + 1
+    order = rows[np.argsort(keys, kind="stable")]
+    cuts = np.flatnonzero(np.diff(np.sort(keys, kind="stable"))) + 1
     return [tile for idx in np.split(order, cuts) for tile in tiles_of(idx)]
 
 
-def dense_tiles(grid, dense, region_t: int = 1024) -> list:
-    """The tiles :func:`dense_slide_map` reads for ``grid`` with ``dense`` (a ``DenseGradCam``):
-    margins from its receptive field, blocks from :func:`dense_tile_side`."""
+def dense_tiles(grid, dense, region_t: int = 1024, rows: np.ndarray | None = None) -> list:
+    """The tiles :func:`dense_slide_map` reads for ``grid`` (or its ``rows``) with ``dense`` (a
+    ``DenseGradCam``): margins from its receptive field, blocks from :func:`dense_tile_side`."""
     margin = dense_margin(dense.receptive_field, dense.stride, grid.patch_t)
-    return plan_dense_tiles(grid, dense.stride, margin, dense_tile_side(margin, region_t))
+    return plan_dense_tiles(grid, dense.stride, margin, dense_tile_side(margin, region_t), rows)
+
+
+def dense_rows(grid, patch_cams: np.ndarray, dense_min: float) -> np.ndarray:
+    """The grid rows whose map is computed densely: patches whose own Grad-CAM map reaches
+    ``dense_min`` of the slide's scale (the 99.5th percentile of the per-patch map values, as
+    the colour scale of ``wsi_saliency.outputs.colour.gradcam_scale``) and their 8 neighbours
+    on the grid (a seam lies between two patches; the cold side's border cells can be warm).
+
+    Everywhere else a patch's map is zero or below ``dense_min`` of the scale in every cell, so
+    its per-patch map (grid and all) is kept: drawn with the slide's one scale it is black.
+    ``dense_min`` 0 selects every patch. A PCam model's map of normal tissue is mostly zero
+    (ReLU of negative evidence), so on a slide with small lesions the dense pass reads little."""
+    n = len(grid)
+    if n == 0 or dense_min <= 0:
+        return np.arange(n)
+    peak = patch_cams.reshape(n, -1).max(axis=1)
+    scale = float(np.percentile(patch_cams, 99.5))
+    # a scale of 0 (warm cells under 0.5 %) saturates every positive cell: all of them count
+    hot = peak >= dense_min * scale if scale > 0 else peak > 0
+    if not hot.any():
+        return np.flatnonzero(hot)
+    rows_, cols_ = grid.grid_shape
+    plane = np.zeros((rows_ + 2, cols_ + 2), bool)
+    r, c = grid.grid_rc[hot, 0] + 1, grid.grid_rc[hot, 1] + 1
+    for dr in (-1, 0, 1):
+        for dc in (-1, 0, 1):
+            plane[r + dr, c + dc] = True
+    return np.flatnonzero(plane[grid.grid_rc[:, 0] + 1, grid.grid_rc[:, 1] + 1])
 
 
 def _iter_tile_images(
@@ -214,10 +261,16 @@ def dense_slide_map(
     tta: bool = False,
     sigma_scale: float | None = None,
     progress: str | None = None,
-) -> tuple[np.ndarray, float, dict[str, float]]:
-    """The slide's Grad-CAM heatmap from dense features: ``(heatmap float32 [H, W], level-0 px
-    per cell, timings)``. The heatmap has the shape, frame and cells of the per-patch
-    ``MapStitcher.from_grid(grid, cells_per_patch)`` map (NaN where no patch was scored).
+    patch_cams: np.ndarray | None = None,
+    dense_min: float = 0.0,
+) -> DenseMap:
+    """The slide's Grad-CAM heatmap from dense features (a :class:`DenseMap`). The heatmap has
+    the shape, frame and cells of the per-patch ``MapStitcher.from_grid(grid, cells_per_patch)``
+    map (NaN where no patch was scored).
+
+    ``patch_cams``: the per-patch maps [N, h, w] (grid order) of the scan; with ``dense_min``
+    > 0 only the patches :func:`dense_rows` selects are computed densely, the others keep
+    these maps. Without them every patch is computed densely.
 
     ``dense``: a :class:`~wsi_saliency.model.gradcam.DenseGradCam`; ``grid.patch_t`` and
     ``grid.stride_t`` must be multiples of its ``stride``. Overlapping patches (stride < patch)
@@ -230,7 +283,10 @@ def dense_slide_map(
 
     s = dense.stride
     covered, l0_per_cell = covered_cells(grid, cells_per_patch)  # checks the stride first
-    tiles = dense_tiles(grid, dense, region_t)
+    rows = np.arange(len(grid))
+    if patch_cams is not None:
+        rows = dense_rows(grid, patch_cams, dense_min)
+    tiles = dense_tiles(grid, dense, region_t, rows)
     lattice = MapStitcher(
         grid.grid_shape,
         dense.map_shape[0],
@@ -240,7 +296,10 @@ def dense_slide_map(
     )
     model_s = 0.0
     t0 = time.perf_counter()
-    bar = tqdm(total=len(grid), desc=progress, unit="patch", disable=progress is None, leave=False)
+    kept = np.setdiff1d(np.arange(len(grid)), rows)
+    if len(kept):  # patches whose map is all but zero: their per-patch maps, as they are
+        lattice.aggregate(patch_cams[kept], grid.grid_rc[kept])
+    bar = tqdm(total=len(rows), desc=progress, unit="patch", disable=progress is None, leave=False)
     try:
         for tile, image in _iter_tile_images(open_reader, plan, tiles, workers):
             offsets = (grid.t_xy[tile.index] - np.asarray(tile.t_xy)) // s
@@ -255,4 +314,4 @@ def dense_slide_map(
     heatmap = resize_heatmap(lattice.finalize(), covered.shape)
     heatmap[~covered] = np.nan
     timings = {"gradcam_map_s": time.perf_counter() - t0, "gradcam_map_model_s": model_s}
-    return heatmap, l0_per_cell, timings
+    return DenseMap(heatmap, l0_per_cell, timings, len(rows), len(tiles))

@@ -62,6 +62,7 @@ class SlideResult:
     config: ScanConfig = field(default_factory=ScanConfig)
     # how heatmap_gradcam was made: "dense" or "patches" (see GRADCAM_MAP_METHODS); "" if off
     gradcam_map: str = ""
+    gradcam_dense_patches: int = -1  # patches whose map was computed densely (-1: not dense)
 
     @property
     def stem(self) -> str:
@@ -118,6 +119,7 @@ class SlideResult:
                 else None
             ),
             "gradcam_map": self.gradcam_map,
+            "gradcam_dense_patches": self.gradcam_dense_patches,
             "warnings": list(self.warnings),
         }
 
@@ -134,7 +136,9 @@ GRADCAM_MAP_METHODS = {
         "dense Grad-CAM: the layers up to the Grad-CAM layer run over whole tiles of the slide "
         "(read with a margin of context); each patch's map is Grad-CAM of the head on its "
         "footprint of those features (GAP + Dense head: exactly ReLU(sum_k w_k A_k) / (h w), the "
-        "per-patch formula and scale), stitched on the feature lattice and resampled bilinearly"
+        "per-patch formula and scale), stitched on the feature lattice and resampled "
+        "bilinearly; patches whose own map stays below scan.gradcam_dense_min of the slide's "
+        "scale (99.5th percentile), and not next to one that does, keep their per-patch maps"
     ),
     "patches": (
         "per-patch Grad-CAM maps (the dataset 'gradcam') upsampled bilinearly to the cells of "
@@ -450,10 +454,11 @@ def scan_slide(
     scores = score_patches(layout, scorer, cfg, stitch_gradcam=dense is None, progress=progress)
     heat_cam, cam_ds = scores.heatmap_gradcam, scores.heatmap_gradcam_downsample
     cam_method = "patches" if scorer.gradcam is not None else ""
+    n_dense = -1
     if dense is not None:
         from wsi_saliency.scan.dense import dense_slide_map
 
-        heat_cam, cam_ds, dense_timings = dense_slide_map(
+        dense_map = dense_slide_map(
             lambda: open_slide(path),
             layout.plan,
             grid,
@@ -464,8 +469,12 @@ def scan_slide(
             tta=cfg.tta,
             sigma_scale=0.125 if cfg.gradcam_centre_weighted else None,
             progress=f"{path.name} Grad-CAM" if progress else None,
+            patch_cams=scores.gradcam,
+            dense_min=cfg.gradcam_dense_min,
         )
-        timings.update(dense_timings)
+        heat_cam, cam_ds = dense_map.heatmap, dense_map.l0_per_cell
+        timings.update(dense_map.timings)
+        n_dense = dense_map.n_dense
         cam_method = "dense"
     timings["total_s"] = time.perf_counter() - t_start
     return SlideResult(
@@ -496,6 +505,7 @@ def scan_slide(
         warnings=notes,
         config=cfg,
         gradcam_map=cam_method,
+        gradcam_dense_patches=n_dense,
     )
 
 
