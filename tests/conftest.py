@@ -54,3 +54,31 @@ def tiny_model(tmp_path_factory) -> Path:
 
     model = build_model(ModelConfig(backbone="tiny", weights="none"))
     return save_model(model, tiny_card(), tmp_path_factory.mktemp("model") / "model.keras")
+
+
+def write_cohort_slides(folder: Path, mpp: float = 0.486) -> list[Path]:
+    """Three small synthetic slides (1024 x 768 px at ``mpp``) with different lesions, so
+    different scores: the cohort of tests/test_cohort.py and tests/test_distributed.py."""
+    import numpy as np
+
+    from wsi_saliency.synthetic.slides import write_synthetic_slide
+    from wsi_saliency.synthetic.tissue import random_blob_polygon
+
+    paths = []
+    for i, name in enumerate(("a", "b", "c")):
+        rng = np.random.default_rng(i)
+        lesion = random_blob_polygon(rng, (500.0, 400.0), 150.0 + 40 * i, n_vertices=32)
+        info = write_synthetic_slide(
+            folder / f"{name}.tif",
+            l0_size_xy=(1024, 768),
+            mpp=mpp,
+            lesions=[lesion],
+            seed=i,
+            tile=256,
+            levels=(1, 4),
+            tissue=[np.array([[80, 80], [950, 100], [930, 700], [100, 680]], float)],
+            pen_mark=False,
+            dark_area=False,
+        )
+        paths.append(info.path.resolve())
+    return paths

@@ -129,10 +129,10 @@ def test_scan_without_model_uses_the_bundled_one_and_says_so(tmp_path):
     slide = REPO / "sample_data" / "slide" / "sample_slide.tif"
     result = _cli("scan", str(slide), "--out", str(tmp_path / "out"), "--quiet")
     assert result.exit_code == 0, result.output
-    assert "model: bundled model 'pcam-ai4all' (mobilenetv2" in result.output
+    assert "model: bundled model 'pcam-ai4all' (tiny, 0.22 M parameters)" in result.output
     assert "not a diagnostic device" in result.output
     summary = json.loads((tmp_path / "out" / "sample_slide" / "summary.json").read_text())
-    assert summary["model"] == str(SHIPPED) and summary["model_backbone"] == "mobilenetv2"
+    assert summary["model"] == str(SHIPPED) and summary["model_backbone"] == "tiny"
 
 
 def test_model_names_work_in_evaluate_and_unknown_names_are_usage_errors(tmp_path):
@@ -156,7 +156,7 @@ def test_model_names_work_in_evaluate_and_unknown_names_are_usage_errors(tmp_pat
 def test_info_lists_the_bundled_model():
     result = _cli("info")
     assert result.exit_code == 0, result.output
-    line = "bundled model 'pcam-ai4all' (mobilenetv2, 0.41 M parameters): valid AUC"
+    line = "bundled model 'pcam-ai4all' (tiny, 0.22 M parameters): valid AUC"
     assert line in result.output
     assert "[default]" in result.output
 

@@ -2,7 +2,6 @@
 
 import types
 
-import numpy as np
 import pytest
 
 from wsi_saliency.config import ScanConfig
@@ -15,27 +14,10 @@ MPP = 0.486  # 2 level-0 px per model px, as in test_scan.py
 @pytest.fixture(scope="module")
 def slides(tmp_path_factory):
     """Three small synthetic slides with different lesions (so different scores)."""
-    from wsi_saliency.synthetic.slides import write_synthetic_slide
-    from wsi_saliency.synthetic.tissue import random_blob_polygon
+    from conftest import write_cohort_slides
 
     folder = tmp_path_factory.mktemp("cohort_slides")
-    paths = []
-    for i, name in enumerate(("a", "b", "c")):
-        rng = np.random.default_rng(i)
-        lesion = random_blob_polygon(rng, (500.0, 400.0), 150.0 + 40 * i, n_vertices=32)
-        info = write_synthetic_slide(
-            folder / f"{name}.tif",
-            l0_size_xy=(1024, 768),
-            mpp=MPP,
-            lesions=[lesion],
-            seed=i,
-            tile=256,
-            levels=(1, 4),
-            tissue=[np.array([[80, 80], [950, 100], [930, 700], [100, 680]], float)],
-            pen_mark=False,
-            dark_area=False,
-        )
-        paths.append(info.path.resolve())
+    paths = write_cohort_slides(folder, MPP)
     return paths
 
 

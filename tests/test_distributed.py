@@ -34,27 +34,10 @@ def _blocked_dask_modules():
 @pytest.fixture(scope="module")
 def slides(tmp_path_factory):
     """Four slides: three small synthetic ones with different lesions and, third, a broken one."""
-    from wsi_saliency.synthetic.slides import write_synthetic_slide
-    from wsi_saliency.synthetic.tissue import random_blob_polygon
+    from conftest import write_cohort_slides
 
     folder = tmp_path_factory.mktemp("dask_slides")
-    paths = []
-    for i, name in enumerate(("a", "b", "c")):
-        rng = np.random.default_rng(i)
-        lesion = random_blob_polygon(rng, (500.0, 400.0), 150.0 + 40 * i, n_vertices=32)
-        info = write_synthetic_slide(
-            folder / f"{name}.tif",
-            l0_size_xy=(1024, 768),
-            mpp=MPP,
-            lesions=[lesion],
-            seed=i,
-            tile=256,
-            levels=(1, 4),
-            tissue=[np.array([[80, 80], [950, 100], [930, 700], [100, 680]], float)],
-            pen_mark=False,
-            dark_area=False,
-        )
-        paths.append(info.path.resolve())
+    paths = write_cohort_slides(folder, MPP)
     broken = folder / "broken.tif"
     broken.write_bytes(b"II*\0 this is not a slide")
     return [paths[0], paths[1], broken.resolve(), paths[2]]
