@@ -138,12 +138,17 @@ class TrainConfig:
             _check(value is None or value >= 1, f"train.{name} must be >= 1 or null")
 
 
-def default_workers() -> int:
-    """Reading threads when ``scan.workers`` is null: one per usable core, at most 16."""
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS says it)."""
     import os
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(16, cores or 1))
+    return max(1, cores or 1)
+
+
+def default_workers() -> int:
+    """Reading threads when ``scan.workers`` is null: one per usable core, at most 16."""
+    return min(16, usable_cores())
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from wsi_saliency.config import ScanConfig
+from wsi_saliency.config import ScanConfig, usable_cores
 from wsi_saliency.errors import InputError, WsiSaliencyError
 from wsi_saliency.scan.cohort import (
     CohortRow,
@@ -111,12 +111,6 @@ def visible_gpus() -> list[str]:
     except (OSError, subprocess.SubprocessError):
         return []
     return [line.strip() for line in listed.splitlines() if line.strip().isdigit()]
-
-
-def _usable_cores() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
 
 
 def worker_env(threads: int, gpu: str | None = None) -> dict[str, str]:
@@ -210,10 +204,10 @@ def _local_spec(distributed, n: int) -> dict:
                 "--cluster local starts one worker per GPU, and none is visible (nvidia-smi, "
                 "CUDA_VISIBLE_DEVICES): use --cluster local:N for N worker processes on the CPUs"
             )
-        envs = [worker_env(_usable_cores() // len(gpus), gpu) for gpu in gpus]
+        envs = [worker_env(usable_cores() // len(gpus), gpu) for gpu in gpus]
         names = [f"gpu{g}" for g in gpus]
     else:
-        envs = [worker_env(_usable_cores() // n) for _ in range(n)]
+        envs = [worker_env(usable_cores() // n) for _ in range(n)]
         names = [f"cpu{i}" for i in range(n)]
     memory = max(1, distributed.system.MEMORY_LIMIT // len(envs))
     workers = {
