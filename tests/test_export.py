@@ -343,3 +343,26 @@ def test_real_aperio_scan_exports_open_and_validate(cmu_slide, tiny_model, tmp_p
     validate_geojson(doc, dims)
     kinds = [f["properties"]["objectType"] for f in doc["features"]]
     assert kinds.count("detection") == len(scan["prob"]) and kinds.count("annotation") >= 1
+
+
+def test_heatmap_tiff_levels_show_the_cell_under_each_pixel_centre(tmp_path):
+    """Every level, read back, is the nearest-cell upsampling of the heatmap, pixel for pixel
+    (tiles are made a band at a time and compressed in threads: no tile may be reused)."""
+    from wsi_saliency.outputs.tiff import write_heatmap_tiff
+
+    rng = np.random.default_rng(3)
+    hm = rng.random((90, 30)).astype(np.float32)
+    hm[rng.random(hm.shape) < 0.3] = np.nan
+    k = 13  # 1170 x 390 px at level 0: 5 x 2 tiles, then levels of one tile column
+    path = write_heatmap_tiff(tmp_path / "h.tiff", hm, 100.0, 0.25, PROBABILITY_SCALE, cell_px=k)
+    cells = colourise(hm, PROBABILITY_SCALE)
+    with tifffile.TiffFile(path) as tif:
+        pages = list(tif.pages)
+        assert [p.shape[:2] for p in pages] == pyramid_shapes((90 * k, 30 * k))
+        assert pages[-1].shape[1] < 256 < pages[0].shape[1]
+        for level, page in enumerate(pages):
+            rows, cols = page.shape[:2]
+            step = 1 << level
+            r = np.minimum(((np.arange(rows) + 0.5) * step / k).astype(int), hm.shape[0] - 1)
+            c = np.minimum(((np.arange(cols) + 0.5) * step / k).astype(int), hm.shape[1] - 1)
+            np.testing.assert_array_equal(page.asarray(), cells[np.ix_(r, c)])

@@ -241,3 +241,66 @@ def test_cmu_patches(cmu_slide: Path) -> None:
         )
         diff = np.abs(got[i].astype(int) - np.asarray(direct))
         assert diff.mean() < 6
+
+
+# -- reading in processes ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def sine_tiff(tmp_path_factory) -> Path:
+    """The sine image as a tiled pyramidal TIFF OpenSlide reads (processes open slides by path)."""
+    import tifffile
+
+    path = tmp_path_factory.mktemp("sine") / "sine.tif"
+    image = _sine_image(1100, 1500)
+    res = 1e4 / 0.499  # pixels per centimetre
+    with tifffile.TiffWriter(path) as tw:
+        for i, step in enumerate((1, 2)):
+            tw.write(
+                np.ascontiguousarray(image[::step, ::step]),
+                tile=(256, 256),
+                photometric="rgb",
+                compression="zlib",
+                subfiletype=1 if i else 0,
+                resolution=(res / step, res / step),
+                resolutionunit="CENTIMETER",
+            )
+    return path
+
+
+def _all_patches(path, plan, grid, **kw) -> dict[int, np.ndarray]:
+    got: dict[int, np.ndarray] = {}
+    for batch in iter_patch_batches(path, plan, grid, batch_size=7, region_t=300, **kw):
+        for i, p in zip(batch.index.tolist(), batch.patches, strict=True):
+            assert i not in got, "a patch came twice"
+            got[i] = p
+    return got
+
+
+def test_processes_read_the_same_patches_as_threads(sine_tiff: Path) -> None:
+    with open_slide(sine_tiff) as r:
+        plan = plan_resolution(r, PCAM_MPP)
+        grid = tile_grid(r.dimensions, plan, 96, 48)
+    threads = _all_patches(sine_tiff, plan, grid, workers=2)
+    procs = _all_patches(sine_tiff, plan, grid, workers=2, processes=True)
+    again = _all_patches(sine_tiff, plan, grid, workers=2, processes=True)  # the pool, reused
+    assert sorted(procs) == sorted(threads) == list(range(len(grid)))
+    for i in threads:
+        np.testing.assert_array_equal(procs[i], threads[i])
+        np.testing.assert_array_equal(again[i], threads[i])
+
+
+def test_processes_need_a_path_and_report_a_bad_region(sine_tiff: Path, tmp_path) -> None:
+    from wsi_saliency.errors import InputError
+
+    with open_slide(sine_tiff) as r:
+        plan = plan_resolution(r, PCAM_MPP)
+        grid = tile_grid(r.dimensions, plan)
+    with pytest.raises(InputError, match="path"):
+        list(iter_patch_batches(lambda: open_slide(sine_tiff), plan, grid, processes=True))
+    # a file cut short after the scan planned it: the worker's error, one line, with the region
+    cut = tmp_path / "cut.tif"
+    data = sine_tiff.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SlideError) as info:
+        list(iter_patch_batches(cut, plan, grid, workers=2, processes=True))
+    msg = str(info.value)
+    assert "cut.tif" in msg and "\n" not in msg

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from wsi_saliency.cli import app
 from wsi_saliency.evaluation import dihedral
+from wsi_saliency.scan.cohort import SLIDE_FILES
 from wsi_saliency.scan.pipeline import undo_dihedral
 
 runner = CliRunner()
@@ -82,6 +83,10 @@ def test_scan_writes_every_output_with_frames_and_provenance(slide, tiny_model, 
     assert summary["patches_scored"] == n and summary["read_level"] == 0
     assert 0 <= summary["score_max"] <= 1 and summary["area_above_threshold_mm2"] >= 0
     assert summary["patches_per_s"] > 0 and summary["timings_s"]["total_s"] > 0
+    for stage in ("open_s", "thumbnail_s", "tissue_s", "tiling_s", "inference_s"):
+        assert summary["timings_s"][stage] >= 0, stage
+    # every file but summary.json itself, each timed
+    assert set(summary["output_seconds"]) == set(SLIDE_FILES) - {"summary.json"}
     import keras
 
     assert summary["versions"]["keras_backend"] == keras.backend.backend()
@@ -240,3 +245,18 @@ def test_overview_takes_a_level_slightly_coarser_than_asked_as_it_is():
     # No level within 25 %: the overview fits 1536 px.
     assert overview_downsample((16000, 12000), (1.0, 4.0, 16.0)) == pytest.approx(16000 / 1536)
     assert overview_downsample((1000, 800), (1.0,)) == 1.0
+
+
+def test_reading_in_processes_gives_the_same_scan(slide, tiny_model, tmp_path):
+    """--set scan.reader=processes: the same probabilities and maps as reading in threads."""
+    got = {}
+    for reader in ("threads", "processes"):
+        out = tmp_path / reader
+        result = _scan([slide], tiny_model, out, "--workers", "2", "--set", f"scan.reader={reader}")
+        assert result.exit_code == 0, result.output
+        with h5py.File(out / "small" / "scan.h5") as f:
+            got[reader] = {k: f[k][()] for k in ("coords", "prob", "gradcam", "heatmap_gradcam")}
+            assert f.attrs["gradcam_dense_patches"] > 0  # the dense pass read tiles too
+            assert json.loads(f.attrs["config"])["reader"] == reader
+    for key, value in got["threads"].items():
+        np.testing.assert_array_equal(got["processes"][key], value, err_msg=key)

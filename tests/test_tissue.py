@@ -111,3 +111,27 @@ def test_cmu_tissue_mask(cmu_slide: Path) -> None:
     assert mask[150:180, 60:85].all()  # the dense lower part of the section
     assert mask[80:120, 65:75].all()  # the middle of the section
     assert not mask[85:140, :25].any()  # glass left of the section, below the thin strand
+
+
+def test_hsv_parts_are_skimages_values() -> None:
+    """Saturation, value and the pen test come from tables and a subset: exactly rgb2hsv's."""
+    from skimage.color import rgb2hsv
+
+    from wsi_saliency.slide.tissue import PEN_HUE_RANGE, PEN_MIN_SATURATION, _hsv_chunks
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    rgb[:40] = rgb[:40, :, :1]  # greys (no hue)
+    rgb[40:60, :, 1] = rgb[40:60, :, 2]  # green and blue tied for largest
+    ref = rgb2hsv(rgb)
+    hue, sat, val = ref[..., 0], ref[..., 1], ref[..., 2]
+    want_pen = (
+        (hue >= PEN_HUE_RANGE[0]) & (hue <= PEN_HUE_RANGE[1]) & (sat >= PEN_MIN_SATURATION)
+    ) & (val > 0.1)
+    got = [np.empty(rgb.shape[:2]) for _ in range(2)] + [np.empty(rgb.shape[:2], bool)]
+    for rows, s, v, p in _hsv_chunks(rgb, PEN_MIN_SATURATION, PEN_HUE_RANGE):
+        got[0][rows], got[1][rows], got[2][rows] = s, v, p
+    np.testing.assert_array_equal(got[0], sat)
+    np.testing.assert_array_equal(got[1], val)
+    np.testing.assert_array_equal(got[2], want_pen)
+    assert 0.05 < want_pen.mean() < 0.95

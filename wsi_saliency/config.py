@@ -171,8 +171,11 @@ class ScanConfig:
     gradcam_dense_min: float = 1 / 64
     tta: bool = False  # 8-fold dihedral test-time augmentation (8x the compute)
     workers: int | None = (
-        None  # reading threads (own slide handle each); null = one per core, <= 16
+        None  # reading threads or processes (own slide handle each); null = one per core, <= 16
     )
+    # read in threads or in processes (see slide/loader.py); auto = processes when the model
+    # runs on a GPU (reading must keep up with it), threads on a CPU (the model is the limit)
+    reader: str = "auto"
     region: int = 1024  # side of the regions read at once (target px)
     mixed_precision: str = "off"  # off | on (GPU only) | auto
     jit_compile: str = "auto"  # XLA / jax.jit for the Grad-CAM pass: auto | on | off
@@ -193,6 +196,9 @@ class ScanConfig:
         _check(self.gradcam_map in ("dense", "patches"), "scan.gradcam_map: dense|patches")
         _check(0 <= self.gradcam_dense_min <= 1, "scan.gradcam_dense_min must be in [0, 1]")
         _check(self.workers is None or self.workers >= 0, "scan.workers must be >= 0 or null")
+        _check(
+            self.reader in ("auto", "threads", "processes"), "scan.reader: auto|threads|processes"
+        )
         _check(self.region >= 96, "scan.region must be >= 96 pixels")
         _check(self.mixed_precision in ("auto", "on", "off"), "scan.mixed_precision: auto|on|off")
         _check(self.jit_compile in ("auto", "on", "off"), "scan.jit_compile: auto|on|off")

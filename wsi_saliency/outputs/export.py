@@ -14,7 +14,9 @@ for the formats.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,8 +103,10 @@ def write_exports(
     threshold: float | None = None,
     patches: bool = False,
     cell_px: int | None = None,
+    timings: dict[str, float] | None = None,
 ) -> list[Path]:
     """Write ``EXPORT_FILES`` into ``folder`` (each atomically); returns their paths.
+    ``timings``: filled with the seconds each file took (by file name), when given.
 
     ``threshold``: region threshold (default ``maps.threshold``); ``patches``: add one GeoJSON
     feature per scored patch; ``cell_px``: TIFF pixels per heatmap cell side (default: about
@@ -125,26 +129,33 @@ def write_exports(
     if cell_px is not None and cell_px < 1:
         raise InputError(f"cell_px (TIFF pixels per heatmap cell) must be >= 1, got {cell_px}")
     about = {"slide": maps.slide_name}
-    written = [
-        write_heatmap_tiff(
-            folder / "heatmap.tiff",
-            maps.heatmap_prob,
-            maps.prob_downsample,
-            maps.slide_mpp,
-            PROBABILITY_SCALE,
-            cell_px=cell_px,
-            description=about,
-        ),
-        write_heatmap_tiff(
-            folder / "gradcam.tiff",
-            maps.heatmap_gradcam,
-            maps.gradcam_downsample,
-            maps.slide_mpp,
-            gradcam_scale(maps.heatmap_gradcam),
-            cell_px=cell_px,
-            description=about,
-        ),
-    ]
+    timings = {} if timings is None else timings
+    written = []
+    with timed(timings, "heatmap.tiff"):
+        written.append(
+            write_heatmap_tiff(
+                folder / "heatmap.tiff",
+                maps.heatmap_prob,
+                maps.prob_downsample,
+                maps.slide_mpp,
+                PROBABILITY_SCALE,
+                cell_px=cell_px,
+                description=about,
+            )
+        )
+    with timed(timings, "gradcam.tiff"):
+        written.append(
+            write_heatmap_tiff(
+                folder / "gradcam.tiff",
+                maps.heatmap_gradcam,
+                maps.gradcam_downsample,
+                maps.slide_mpp,
+                gradcam_scale(maps.heatmap_gradcam),
+                cell_px=cell_px,
+                description=about,
+            )
+        )
+    t0 = time.perf_counter()
     regions = find_regions(maps.heatmap_prob, maps.prob_downsample, t, maps.slide_dimensions)
     patch_args = None
     colours = None
@@ -161,8 +172,20 @@ def write_exports(
         patch_colours=colours,
     )
     written.append(write_regions_geojson(folder / "regions.geojson", collection))
-    written.append(write_regions_xml(folder / "regions.xml", regions))
+    timings["regions.geojson"] = time.perf_counter() - t0  # finding the regions included
+    with timed(timings, "regions.xml"):
+        written.append(write_regions_xml(folder / "regions.xml", regions))
     return written
+
+
+@contextmanager
+def timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    """Add the seconds the ``with`` block takes to ``timings[key]``."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
 
 
 def export_slide(

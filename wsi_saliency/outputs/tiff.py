@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from wsi_saliency.config import usable_cores
 from wsi_saliency.outputs.atomic import atomic_path
 from wsi_saliency.outputs.colour import ColourScale, colourise
 
@@ -64,19 +65,20 @@ def _tiles(
     cells_rgba: np.ndarray, cell_px: int, shape_rc: tuple[int, int], step: int
 ) -> Iterator[np.ndarray]:
     """Tiles (row-major, each [TILE, TILE, 4]) of a level whose pixel is ``step`` level-0 TIFF
-    pixels: pixel (r, c) shows the cell under its centre."""
+    pixels: pixel (r, c) shows the cell under its centre. Made a band of TILE rows at a time
+    (one gather per band, RGBA pixels as single uint32s): memory of one band, not the level."""
     rows, cols = shape_rc
+    cells = np.ascontiguousarray(cells_rgba, np.uint8).view(np.uint32)[..., 0]  # [H, W]
+    cc = np.arange(cols)
+    cell_c = np.minimum(((cc + 0.5) * step / cell_px).astype(np.int64), cells.shape[1] - 1)
     for r0 in range(0, rows, TILE):
         rr = np.arange(r0, min(r0 + TILE, rows))
-        cell_r = np.minimum(((rr + 0.5) * step / cell_px).astype(np.int64), len(cells_rgba) - 1)
+        cell_r = np.minimum(((rr + 0.5) * step / cell_px).astype(np.int64), len(cells) - 1)
+        band = np.zeros((TILE, -(-cols // TILE) * TILE), np.uint32)  # new: tiles may be queued
+        band[: len(rr), :cols] = cells.take(cell_r, axis=0).take(cell_c, axis=1)
         for c0 in range(0, cols, TILE):
-            cc = np.arange(c0, min(c0 + TILE, cols))
-            cell_c = np.minimum(
-                ((cc + 0.5) * step / cell_px).astype(np.int64), cells_rgba.shape[1] - 1
-            )
-            tile = np.zeros((TILE, TILE, 4), np.uint8)
-            tile[: len(rr), : len(cc)] = cells_rgba[np.ix_(cell_r, cell_c)]
-            yield tile
+            # a copy: the writer compresses tiles in threads, after this generator moved on
+            yield np.array(band[:, c0 : c0 + TILE]).view(np.uint8).reshape(TILE, TILE, 4)
 
 
 def write_heatmap_tiff(
@@ -138,6 +140,7 @@ def write_heatmap_tiff(
                 extrasamples=("unassalpha",),
                 compression="zlib",
                 predictor=True,
+                maxworkers=usable_cores(),  # tiles compressed in threads (zlib frees the GIL)
                 resolution=(px_per_cm, px_per_cm),
                 resolutionunit="CENTIMETER",
                 subfiletype=1 if level else 0,

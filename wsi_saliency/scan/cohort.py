@@ -113,52 +113,58 @@ def write_slide_outputs(
     from dataclasses import asdict
 
     from wsi_saliency.outputs.colour import PROBABILITY_SCALE, gradcam_scale
-    from wsi_saliency.outputs.export import SlideMaps, write_exports
+    from wsi_saliency.outputs.export import SlideMaps, timed, write_exports
     from wsi_saliency.outputs.h5 import write_scan_h5
     from wsi_saliency.outputs.overlays import write_heatmap_png, write_tissue_png
 
     folder.mkdir(parents=True, exist_ok=True)
     card_dict = asdict(card)
-    write_scan_h5(
-        folder / "scan.h5",
-        result,
-        model_path=str(model_path),
-        model_card=card_dict,
-        config=asdict(cfg),
-        versions=versions,
-    )
+    seconds: dict[str, float] = {}  # per file written
+    with timed(seconds, "scan.h5"):
+        write_scan_h5(
+            folder / "scan.h5",
+            result,
+            model_path=str(model_path),
+            model_card=card_dict,
+            config=asdict(cfg),
+            versions=versions,
+        )
     name = result.path.name
     layer = cfg.gradcam_layer or card.gradcam_layer  # --gradcam-layer overrides the card's
-    write_heatmap_png(
-        folder / "heatmap.png",
-        result.overview,
-        result.overview_downsample,
-        result.heatmap_prob,
-        result.heatmap_prob_downsample,
-        title=f"{name}: P(metastasis), max {result.score_max():.3f}",
-        scale=PROBABILITY_SCALE,
-    )
-    write_heatmap_png(
-        folder / "gradcam.png",
-        result.overview,
-        result.overview_downsample,
-        result.heatmap_gradcam,
-        result.heatmap_gradcam_downsample,
-        title=f"{name}: Grad-CAM at {layer} (one scale for the slide)",
-        scale=gradcam_scale(result.heatmap_gradcam),
-        alpha=0.55,
-    )
-    write_tissue_png(
-        folder / "tissue.png",
-        result.overview,
-        result.overview_downsample,
-        result.tissue_mask,
-        result.thumbnail_downsample,
-        title=f"{name}: tissue ({result.n_scored} patches scored)",
-    )
-    write_exports(folder, SlideMaps.from_result(result))
+    with timed(seconds, "heatmap.png"):
+        write_heatmap_png(
+            folder / "heatmap.png",
+            result.overview,
+            result.overview_downsample,
+            result.heatmap_prob,
+            result.heatmap_prob_downsample,
+            title=f"{name}: P(metastasis), max {result.score_max():.3f}",
+            scale=PROBABILITY_SCALE,
+        )
+    with timed(seconds, "gradcam.png"):
+        write_heatmap_png(
+            folder / "gradcam.png",
+            result.overview,
+            result.overview_downsample,
+            result.heatmap_gradcam,
+            result.heatmap_gradcam_downsample,
+            title=f"{name}: Grad-CAM at {layer} (one scale for the slide)",
+            scale=gradcam_scale(result.heatmap_gradcam),
+            alpha=0.55,
+        )
+    with timed(seconds, "tissue.png"):
+        write_tissue_png(
+            folder / "tissue.png",
+            result.overview,
+            result.overview_downsample,
+            result.tissue_mask,
+            result.thumbnail_downsample,
+            title=f"{name}: tissue ({result.n_scored} patches scored)",
+        )
+    write_exports(folder, SlideMaps.from_result(result), timings=seconds)
     summary = {
         **result.summary(),
+        "output_seconds": {k: round(v, 3) for k, v in seconds.items()},
         "model": str(model_path),
         "model_backbone": card.backbone,
         "model_metrics": card.metrics,

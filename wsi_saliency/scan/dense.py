@@ -27,6 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -165,11 +166,17 @@ def dense_rows(grid, patch_cams: np.ndarray, dense_min: float) -> np.ndarray:
 
 
 def _iter_tile_images(
-    open_reader: Callable, plan, tiles: list, workers: int, resample: str = "lanczos"
+    open_reader: Callable,
+    plan,
+    tiles: list,
+    workers: int,
+    resample: str = "lanczos",
+    path: str | None = None,
 ) -> Iterator[tuple[object, np.ndarray]]:
     """``(tile, uint8 [h, w, 3] target-plane image)`` in tile order; reads run on ``workers``
-    threads (each with its own reader), at most ``2 * workers`` tiles ahead."""
-    from wsi_saliency.slide.loader import read_target_region
+    threads (each with its own reader), or in the scan's reading processes when the slide's
+    ``path`` is given, at most ``2 * workers`` tiles ahead."""
+    from wsi_saliency.slide.loader import read_target_in_process, read_target_region, reading_pool
 
     def error(tile, exc: BaseException) -> SlideError:
         x, y, w, h = tile.l0_box(plan.l0_per_t)
@@ -201,12 +208,17 @@ def _iter_tile_images(
                 readers.append(reader)
         return read_target_region(reader, plan, tile, resample)
 
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wsi-saliency-dense")
+    if path is None:
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wsi-saliency-dense")
+        submit = lambda tile: pool.submit(read, tile)  # noqa: E731
+    else:  # the pool is shared (started once): not shut down here
+        procs = reading_pool(workers)
+        submit = lambda tile: procs.submit(read_target_in_process, path, plan, tile, resample)  # noqa: E731
     pending: deque = deque()
     queue = iter(tiles)
     try:
         for tile in queue:
-            pending.append((tile, pool.submit(read, tile)))
+            pending.append((tile, submit(tile)))
             if len(pending) >= 2 * workers:
                 break
         while pending:
@@ -217,12 +229,13 @@ def _iter_tile_images(
                 raise error(tile, exc) from exc
             nxt = next(queue, None)
             if nxt is not None:
-                pending.append((nxt, pool.submit(read, nxt)))
+                pending.append((nxt, submit(nxt)))
             yield tile, image
     finally:
         for _, future in pending:
             future.cancel()
-        pool.shutdown(wait=True)
+        if path is None:
+            pool.shutdown(wait=True)
         for reader in readers:
             try:
                 reader.close()
@@ -263,6 +276,7 @@ def dense_slide_map(
     progress: str | None = None,
     patch_cams: np.ndarray | None = None,
     dense_min: float = 0.0,
+    slide_path: str | Path | None = None,
 ) -> DenseMap:
     """The slide's Grad-CAM heatmap from dense features (a :class:`DenseMap`). The heatmap has
     the shape, frame and cells of the per-patch ``MapStitcher.from_grid(grid, cells_per_patch)``
@@ -275,7 +289,9 @@ def dense_slide_map(
     ``dense``: a :class:`~wsi_saliency.model.gradcam.DenseGradCam`; ``grid.patch_t`` and
     ``grid.stride_t`` must be multiples of its ``stride``. Overlapping patches (stride < patch)
     are averaged on the feature lattice (with Gaussian weights when ``sigma_scale`` is set).
-    ``progress``: a progress bar's label (patches done), or None for none.
+    ``progress``: a progress bar's label (patches done), or None for none. ``slide_path``:
+    read the tiles in the reading processes (``wsi_saliency.slide.loader``) from this file
+    instead of in threads from ``open_reader``.
     """
     from tqdm import tqdm
 
@@ -301,7 +317,8 @@ def dense_slide_map(
         lattice.aggregate(patch_cams[kept], grid.grid_rc[kept])
     bar = tqdm(total=len(rows), desc=progress, unit="patch", disable=progress is None, leave=False)
     try:
-        for tile, image in _iter_tile_images(open_reader, plan, tiles, workers):
+        path = None if slide_path is None else str(slide_path)
+        for tile, image in _iter_tile_images(open_reader, plan, tiles, workers, path=path):
             offsets = (grid.t_xy[tile.index] - np.asarray(tile.t_xy)) // s
             tm = time.perf_counter()
             cams = _tile_cams(dense, image, offsets, tta)

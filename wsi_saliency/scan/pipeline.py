@@ -291,12 +291,14 @@ def lay_out_slide(
         overview, thumb = _overview_and_thumbnail(reader, plan.l0_mpp, cfg.thumb_mpp)
         overview_ds = (l0_size[0] / overview.shape[1], l0_size[1] / overview.shape[0])
         thumb_shape = thumb.image.shape[:2]
+        timings["thumbnail_s"] = time.perf_counter() - t  # overview and thumbnail
+        t = time.perf_counter()
         if tissue is None:
             mask = tissue_mask(thumb.image, thumb_mpp=thumb.mpp)
         else:
             mask = _user_mask(tissue, thumb_shape, thumb.l0_per_px)
         roi_mask = None if roi is None else _user_mask(roi, thumb_shape, thumb.l0_per_px)
-        timings["tissue_s"] = time.perf_counter() - t
+        timings["tissue_s"] = time.perf_counter() - t  # the mask, from the thumbnail
 
     t = time.perf_counter()
     grid = tile_grid(
@@ -346,6 +348,18 @@ class PatchScores:
     heatmap_gradcam_downsample: float | None
 
 
+def read_in_processes(cfg: ScanConfig) -> bool:
+    """Whether a scan reads in processes: ``scan.reader``, where ``auto`` is processes when the
+    model runs on a GPU (reading must keep up with it; ``benchmarks/bench_reading.py`` projects
+    16 processes past 16 threads) and threads on a CPU (the model is the limit there, and
+    ``benchmarks/bench_throughput.py`` measured no consistent difference)."""
+    if cfg.reader != "auto":
+        return cfg.reader == "processes"
+    from wsi_saliency.backend import device_info
+
+    return device_info().has_gpu
+
+
 def score_patches(
     layout: SlideLayout,
     scorer: PatchScorer,
@@ -362,6 +376,7 @@ def score_patches(
     from wsi_saliency.slide import iter_patch_batches, open_slide
 
     grid, path, timings = layout.grid, layout.path, layout.timings
+    processes = read_in_processes(cfg)
     cells = cfg.gradcam_cells
     prob_stitch = HeatmapStitcher.from_grid(grid)
     cam_stitch = None
@@ -377,12 +392,13 @@ def score_patches(
     bar = tqdm(total=n, desc=path.name, unit="patch", disable=not progress, leave=False)
     try:
         for batch in iter_patch_batches(
-            lambda: open_slide(path),
+            path if processes else lambda: open_slide(path),
             layout.plan,
             grid,
             batch_size=scorer.batch_size or cfg.batch_size,  # the size the scorer pads to
             region_t=cfg.region,
-            workers=cfg.workers,
+            workers=default_workers() if cfg.workers is None else cfg.workers,
+            processes=processes,
         ):
             tm = time.perf_counter()
             p, cam = scorer(batch.patches)
@@ -471,6 +487,7 @@ def scan_slide(
             progress=f"{path.name} Grad-CAM" if progress else None,
             patch_cams=scores.gradcam,
             dense_min=cfg.gradcam_dense_min,
+            slide_path=path if read_in_processes(cfg) else None,
         )
         heat_cam, cam_ds = dense_map.heatmap, dense_map.l0_per_cell
         timings.update(dense_map.timings)

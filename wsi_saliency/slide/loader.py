@@ -8,15 +8,25 @@ few pixels of filter margin), resampled to the target plane with Pillow's anti-a
 on exactly the same target-plane lattice), then cut into ``patch_t`` x ``patch_t`` patches.
 
 Reads run on ``workers`` threads, each with its own reader from ``open_reader()`` (OpenSlide
-handles are not shared between threads), and are handed to the consumer through a bounded
-queue: at most ``queue_size`` decoded regions wait, plus one per worker in flight, plus less
-than one batch in the consumer. Batches come in completion order; every grid patch comes
-exactly once. Closing the generator early stops the workers and joins them; a worker's
-exception reaches the consumer as a ``SlideError`` naming the slide and the region.
+handles are not shared between threads), or on ``workers`` processes (``processes=True``:
+each opens the slide by its path once and sends the patches back pickled), and are handed
+to the consumer through a bounded queue: at most ``queue_size`` decoded regions wait, plus
+one per worker in flight, plus less than one batch in the consumer. Batches come in
+completion order; every grid patch comes exactly once. Closing the generator early stops
+the workers; a worker's exception reaches the consumer as a ``SlideError`` naming the slide
+and the region.
+
+Why processes: reading a level at the model's resolution as is (Camelyon16's level 2)
+spends about a quarter of its time holding the GIL (Pillow's mode conversions, NumPy
+copies, cutting patches), so threads stop scaling there: 1.46x on 2 workers against 1.95x
+for processes (``benchmarks/bench_reading.py``). The process pool is started once (spawned:
+the parent may hold TensorFlow's threads) and reused by every later call with the same
+number of workers, so a cohort pays its start-up once.
 """
 
 from __future__ import annotations
 
+import atexit
 import math
 import queue
 import threading
@@ -129,10 +139,13 @@ def read_region_patches(
     resample: str = "lanczos",
 ) -> np.ndarray:
     """The patches of ``region`` (grid rows ``region.index``): uint8 [n, P, P, 3]."""
-    img = read_target_region(reader, plan, region, resample)
-    p = grid.patch_t
-    out = np.empty((len(region.index), p, p, 3), np.uint8)
     offsets = grid.t_xy[region.index] - np.asarray(region.t_xy)
+    return _cut_patches(read_target_region(reader, plan, region, resample), offsets, grid.patch_t)
+
+
+def _cut_patches(img: np.ndarray, offsets: np.ndarray, p: int) -> np.ndarray:
+    """uint8 [n, p, p, 3]: the patches of ``img`` at target-plane offsets ``(x, y)`` [n, 2]."""
+    out = np.empty((len(offsets), p, p, 3), np.uint8)
     for i, (ox, oy) in enumerate(offsets):
         out[i] = img[oy : oy + p, ox : ox + p]
     return out
@@ -196,6 +209,7 @@ def iter_patch_batches(
     workers: int = 2,
     queue_size: int | None = None,
     resample: str = "lanczos",
+    processes: bool = False,
 ) -> Iterator[PatchBatch]:
     """Every patch of ``grid`` once, at the target resolution, in batches (an iterator).
 
@@ -205,7 +219,8 @@ def iter_patch_batches(
     with OpenSlide). ``workers=0`` reads in the calling thread (no threads). ``queue_size``
     bounds the decoded regions waiting for the consumer (default ``2 * workers``).
     ``resample``: Pillow filter used when the plan resamples ("lanczos", "bicubic",
-    "bilinear" or "box"; all anti-aliased when shrinking).
+    "bilinear" or "box"; all anti-aliased when shrinking). ``processes``: read on
+    ``workers`` processes instead of threads (``open_reader`` must then be the slide's path).
     """
     if batch_size <= 0 or region_t <= 0 or workers < 0:
         raise InputError(
@@ -214,10 +229,12 @@ def iter_patch_batches(
         )
     if resample not in RESAMPLE_FILTERS:
         raise InputError(f"unknown resampling filter {resample!r}; use one of {RESAMPLE_FILTERS}")
+    if processes and not isinstance(open_reader, (str, Path)):
+        raise InputError("reading in processes needs the slide's path, not a reader factory")
+    slide_path = open_reader
     if isinstance(open_reader, (str, Path)):
         from .reader import open_slide
 
-        slide_path = open_reader
         open_reader = lambda: open_slide(slide_path)  # noqa: E731
     regions = plan_regions(grid, region_t)
     name_box = {"name": "the slide"}
@@ -225,6 +242,10 @@ def iter_patch_batches(
         return _no_batches()
     if workers == 0:
         return _iter_inline(open_reader, plan, grid, regions, batch_size, resample, name_box)
+    if processes and _can_spawn():
+        return _iter_processes(
+            str(slide_path), plan, grid, regions, batch_size, resample, workers, queue_size
+        )
     return _iter_threaded(
         open_reader,
         plan,
@@ -348,3 +369,134 @@ def _iter_threaded(
                 break
         for t in threads:
             t.join(timeout=_JOIN_TIMEOUT_S)
+
+
+# -- reading in processes -----------------------------------------------------------------
+READER_NICENESS = 5
+_pools: dict[int, Any] = {}
+_pools_lock = threading.Lock()
+_process_reader: dict[str, SlideReader] = {}  # in a pool process: the slide it has open
+
+
+def reading_pool(workers: int) -> Any:
+    """The process pool of ``workers`` readers (started on first use, then reused)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with _pools_lock:
+        pool = _pools.get(workers)
+        if pool is None or getattr(pool, "_broken", False):  # a process died: a new pool
+            pool = ProcessPoolExecutor(
+                workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_lower_priority,
+            )
+            _pools[workers] = pool
+        return pool
+
+
+@atexit.register
+def shutdown_reading_pools() -> None:
+    """Stop the reading processes (at exit; after a pool broke)."""
+    with _pools_lock:
+        pools = list(_pools.values())
+        _pools.clear()
+    for pool in pools:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _lower_priority() -> None:
+    """Reading processes yield the cores to the model's threads when both want them: one
+    preempted thread of a parallel op stalls the whole op, while reading is far ahead."""
+    import os
+
+    try:
+        os.nice(READER_NICENESS)
+    except OSError:  # not permitted here: read at the same priority
+        pass
+
+
+def _can_spawn() -> bool:
+    """Whether spawned processes can start here: they re-import the parent's ``__main__``,
+    which a script read from standard input does not have (such runs read in threads)."""
+    import sys
+
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    return path is None or getattr(main, "__spec__", None) is not None or Path(path).is_file()
+
+
+def read_target_in_process(
+    path: str, plan: ResolutionPlan, region: Region, resample: str = "lanczos"
+) -> np.ndarray:
+    """Pool task: :func:`read_target_region` from this process's handle on ``path``."""
+    reader = _process_reader.get(path)
+    if reader is None:
+        from .reader import open_slide
+
+        for other in _process_reader.values():  # one slide open at a time
+            other.close()
+        _process_reader.clear()
+        reader = _process_reader[path] = open_slide(path)
+    return read_target_region(reader, plan, region, resample)
+
+
+def _read_in_process(
+    path: str, plan: ResolutionPlan, region: Region, offsets: np.ndarray, p: int, resample: str
+) -> np.ndarray:
+    """Pool task: one region's patches."""
+    return _cut_patches(read_target_in_process(path, plan, region, resample), offsets, p)
+
+
+def _iter_processes(
+    path: str,
+    plan: ResolutionPlan,
+    grid: TileGrid,
+    regions: list[Region],
+    batch_size: int,
+    resample: str,
+    workers: int,
+    queue_size: int | None,
+) -> Iterator[PatchBatch]:
+    from concurrent.futures import FIRST_COMPLETED, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    pool = reading_pool(workers)
+    ahead = workers + (queue_size or 2 * workers)  # regions in flight or waiting, at most
+    todo = iter(regions)
+    pending: dict[Any, Region] = {}
+    batcher = _Batcher(batch_size)
+    region: Region | None = None
+
+    def submit() -> None:
+        for region in todo:
+            offsets = grid.t_xy[region.index] - np.asarray(region.t_xy)
+            task = pool.submit(
+                _read_in_process, path, plan, region, offsets, grid.patch_t, resample
+            )
+            pending[task] = region
+            if len(pending) >= ahead:
+                return
+
+    try:
+        submit()
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for task in done:
+                region = pending.pop(task)
+                patches = task.result()
+                yield from batcher.add(region.index, patches)
+            submit()
+        yield from batcher.flush()
+    except BrokenProcessPool as exc:
+        died = RuntimeError(
+            "a reading process died (a script that scans must start it under "
+            '`if __name__ == "__main__":`, as spawned processes import it again; '
+            "or read in threads: --set scan.reader=threads)"
+        )
+        raise _region_error(path, plan, region, died) from exc
+    except Exception as exc:  # the worker's exception, pickled back
+        raise _region_error(path, plan, region, exc) from exc
+    finally:
+        for task in pending:
+            task.cancel()
