@@ -602,6 +602,11 @@ def main() -> None:
     ap.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up runs")
     ap.add_argument("--alone-repeat", type=int, default=10, help="timed batches, model alone")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "peers.json")
+    ap.add_argument(
+        "--alone-only",
+        action="store_true",
+        help="measure only the models alone, into the model_alone of an existing --out",
+    )
     args = ap.parse_args()
     tools = [t for t in args.tools.split(",") if t]
     unknown = set(tools) - set(TOOLS)
@@ -611,6 +616,21 @@ def main() -> None:
         sys.exit(f"skipped: no {CMU_SLIDE} (the shared real data is absent)")
     if args.setup:
         setup_peers(tools, args.pip_args.split())
+    if args.alone_only:
+        result = json.loads(args.out.read_text())
+        models = {"ours": our_model(WORK / "models")}
+        for family in sorted({t.split("-")[0] for t in tools}):
+            if family == "wsinfer":
+                models["wsinfer"] = wsinfer_model(WORK / "models")
+            if family == "tiatoolbox":
+                models["tiatoolbox"] = tiatoolbox_weights(WORK / "models")
+            result["model_alone"][family] = {
+                **model_alone(family, models, args.alone_repeat),
+                "measured_by": "python benchmarks/bench_peers.py " + " ".join(sys.argv[1:]),
+            }
+        write_json_atomic(args.out, result)
+        print(json.dumps(result["model_alone"], indent=1))
+        return
 
     status = {t: peer_status(t) for t in tools}
     for tool, (ok, why) in status.items():

@@ -39,7 +39,7 @@ from _machine import (  # noqa: E402
     warn_if_contended_at_start,
     write_json_atomic,
 )
-from make_large_slides import default_cache  # noqa: E402
+from make_large_slides import default_cache, require_slide  # noqa: E402
 
 from wsi_saliency.slide import iter_patch_batches, open_slide, plan_resolution, tile_grid  # noqa: E402
 from wsi_saliency.slide.loader import plan_regions  # noqa: E402
@@ -80,6 +80,19 @@ def roi_grid(path: Path, n_patches: int):
     return grid.subset(np.sort(np.concatenate(picked)))
 
 
+def time_reading(path: Path, plan, grid, *, repeat: int, **kwargs) -> tuple[int, float]:
+    """``(patches, seconds)``: every patch of ``grid`` read with ``iter_patch_batches`` (no
+    model; ``kwargs`` go to it), the best of ``repeat`` runs (``bench_scan.py`` uses it)."""
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        n = 0
+        for batch in iter_patch_batches(lambda: open_slide(path), plan, grid, **kwargs):
+            n += len(batch)
+        best = min(best, time.perf_counter() - t0)
+    return n, best
+
+
 def read_patches(path: Path, level: int, grid, workers: int, processes: bool) -> int:
     """Every patch of ``grid`` through ``iter_patch_batches``, as the scan reads them."""
     with open_slide(path) as reader:
@@ -105,11 +118,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; best kept")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "reading.json")
     args = ap.parse_args()
-    if not args.slide.is_file():
-        sys.exit(
-            f"skipped: {args.slide} does not exist; write it with "
-            "python benchmarks/make_large_slides.py (or pass --slide)"
-        )
+    require_slide(args.slide)
 
     import openslide
     import PIL

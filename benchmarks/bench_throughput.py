@@ -52,7 +52,7 @@ from _machine import (  # noqa: E402
     warn_if_contended_at_start,
     write_json_atomic,
 )
-from make_large_slides import default_cache  # noqa: E402
+from make_large_slides import default_cache, require_slide  # noqa: E402
 
 
 def roi_mask(path: Path, n_patches: int) -> tuple[np.ndarray, list[int]]:
@@ -224,11 +224,7 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, help="keep the outputs in this folder")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks/results/throughput.json")
     args = ap.parse_args()
-    if not args.slide.is_file():
-        sys.exit(
-            f"skipped: {args.slide} does not exist; write it with "
-            "python benchmarks/make_large_slides.py (or pass --slide)"
-        )
+    require_slide(args.slide)
     start = machine_start()
     warn_if_contended_at_start(start)
     from wsi_saliency.cli._common import prepare_backend

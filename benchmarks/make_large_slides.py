@@ -72,6 +72,16 @@ def default_cache() -> Path:
     return root / "bench-slides"
 
 
+def require_slide(path: Path) -> Path:
+    """``path``, or exit saying how to write it (benchmarks that read a cached slide)."""
+    if not path.is_file():
+        sys.exit(
+            f"skipped: {path} does not exist; write it with "
+            "python benchmarks/make_large_slides.py (or pass --slide)"
+        )
+    return path
+
+
 def level_sizes(size_wh: tuple[int, int], pyramid: bool) -> list[tuple[int, int]]:
     """``(w, h)`` of every level: halving (rounded up) until the longer side is under 1,024."""
     sizes = [size_wh]
