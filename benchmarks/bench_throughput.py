@@ -27,7 +27,7 @@ page (``build_review``; Deep Zoom tiles are served by ``wsi-saliency serve`` for
 this size, not written).
 
     python benchmarks/make_large_slides.py      # once
-    python benchmarks/bench_throughput.py [--roi-patches 600] [--readers threads processes]
+    python benchmarks/bench_throughput.py [--roi-patches 2000] [--readers threads processes]
 """
 
 from __future__ import annotations
@@ -217,7 +217,9 @@ def main() -> None:
     global roi_box
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--slide", type=Path, default=default_cache() / "c16-98kx221k.tif")
-    ap.add_argument("--roi-patches", type=int, default=600)
+    ap.add_argument(
+        "--roi-patches", type=int, default=2000, help="ResNet50's region of interest (0: whole)"
+    )
     ap.add_argument("--readers", nargs="+", default=["threads", "processes"])
     ap.add_argument("--cases", nargs="+", default=["tiny", "resnet50"])
     ap.add_argument("--workers", type=int, default=None, help="reading workers (default: cores)")
@@ -260,7 +262,9 @@ def main() -> None:
                 ),
                 out / "resnet50-random.keras",
             )
-            roi, roi_box = roi_mask(args.slide, args.roi_patches)
+            roi = None  # --roi-patches 0: the whole slide
+            if args.roi_patches > 0:
+                roi, roi_box = roi_mask(args.slide, args.roi_patches)
             for reader in args.readers:
                 # every patch's map computed densely: the worst case, whatever the weights
                 cfg = ScanConfig(workers=workers, reader=reader, gradcam_dense_min=0.0)

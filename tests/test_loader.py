@@ -304,3 +304,26 @@ def test_processes_need_a_path_and_report_a_bad_region(sine_tiff: Path, tmp_path
         list(iter_patch_batches(cut, plan, grid, workers=2, processes=True))
     msg = str(info.value)
     assert "cut.tif" in msg and "\n" not in msg
+
+
+def _report_can_spawn(q) -> None:
+    from wsi_saliency.slide.loader import can_spawn
+
+    q.put(can_spawn())
+
+
+def test_no_reading_processes_inside_a_daemonic_process() -> None:
+    """A Dask worker is a daemonic process, which may not have children: it reads in threads."""
+    import multiprocessing
+
+    from wsi_saliency.config import ScanConfig
+    from wsi_saliency.scan.pipeline import read_in_processes
+    from wsi_saliency.slide.loader import can_spawn
+
+    assert can_spawn() and read_in_processes(ScanConfig(reader="processes"))
+    ctx = multiprocessing.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_report_can_spawn, args=(q,), daemon=True)
+    p.start()
+    assert q.get(timeout=60) is False
+    p.join(timeout=60)

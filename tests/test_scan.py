@@ -83,6 +83,7 @@ def test_scan_writes_every_output_with_frames_and_provenance(slide, tiny_model, 
     assert summary["patches_scored"] == n and summary["read_level"] == 0
     assert 0 <= summary["score_max"] <= 1 and summary["area_above_threshold_mm2"] >= 0
     assert summary["patches_per_s"] > 0 and summary["timings_s"]["total_s"] > 0
+    assert summary["reader"] == "threads"  # auto on a CPU
     for stage in ("open_s", "thumbnail_s", "tissue_s", "tiling_s", "inference_s"):
         assert summary["timings_s"][stage] >= 0, stage
     # every file but summary.json itself, each timed
@@ -258,5 +259,6 @@ def test_reading_in_processes_gives_the_same_scan(slide, tiny_model, tmp_path):
             got[reader] = {k: f[k][()] for k in ("coords", "prob", "gradcam", "heatmap_gradcam")}
             assert f.attrs["gradcam_dense_patches"] > 0  # the dense pass read tiles too
             assert json.loads(f.attrs["config"])["reader"] == reader
+        assert json.loads((out / "small" / "summary.json").read_text())["reader"] == reader
     for key, value in got["threads"].items():
         np.testing.assert_array_equal(got["processes"][key], value, err_msg=key)

@@ -125,13 +125,13 @@ def test_hsv_parts_are_skimages_values() -> None:
     rgb[40:60, :, 1] = rgb[40:60, :, 2]  # green and blue tied for largest
     ref = rgb2hsv(rgb)
     hue, sat, val = ref[..., 0], ref[..., 1], ref[..., 2]
-    want_pen = (
-        (hue >= PEN_HUE_RANGE[0]) & (hue <= PEN_HUE_RANGE[1]) & (sat >= PEN_MIN_SATURATION)
-    ) & (val > 0.1)
-    got = [np.empty(rgb.shape[:2]) for _ in range(2)] + [np.empty(rgb.shape[:2], bool)]
-    for rows, s, v, p in _hsv_chunks(rgb, PEN_MIN_SATURATION, PEN_HUE_RANGE):
-        got[0][rows], got[1][rows], got[2][rows] = s, v, p
-    np.testing.assert_array_equal(got[0], sat)
-    np.testing.assert_array_equal(got[1], val)
-    np.testing.assert_array_equal(got[2], want_pen)
-    assert 0.05 < want_pen.mean() < 0.95
+    for hue_range in (PEN_HUE_RANGE, (0.0, 0.3)):  # the default, and one that takes reds
+        lo, hi = hue_range
+        want_pen = (hue >= lo) & (hue <= hi) & (sat >= PEN_MIN_SATURATION) & (val > 0.1)
+        got = [np.empty(rgb.shape[:2]) for _ in range(2)] + [np.empty(rgb.shape[:2], bool)]
+        for rows, s, v, p in _hsv_chunks(rgb, PEN_MIN_SATURATION, hue_range):
+            got[0][rows], got[1][rows], got[2][rows] = s, v, p
+        np.testing.assert_array_equal(got[0], sat)
+        np.testing.assert_array_equal(got[1], val)
+        np.testing.assert_array_equal(got[2], want_pen)
+        assert 0.05 < want_pen.mean() < 0.95

@@ -111,6 +111,7 @@ class SlideResult:
             "read_level": int(self.plan.level),
             "resolution": self.plan.describe(),
             "reading_workers": self.config.workers,
+            "reader": self.config.reader,
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
             "patches_per_s": round(self.n_scored / total, 1) if total else None,
             "model_patches_per_s": (
@@ -352,12 +353,15 @@ def read_in_processes(cfg: ScanConfig) -> bool:
     """Whether a scan reads in processes: ``scan.reader``, where ``auto`` is processes when the
     model runs on a GPU (reading must keep up with it; ``benchmarks/bench_reading.py`` projects
     16 processes past 16 threads) and threads on a CPU (the model is the limit there, and
-    ``benchmarks/bench_throughput.py`` measured no consistent difference)."""
+    ``benchmarks/bench_throughput.py`` measured no consistent difference). Threads wherever
+    processes cannot be spawned (``wsi_saliency.slide.loader.can_spawn``)."""
+    from wsi_saliency.slide.loader import can_spawn
+
     if cfg.reader != "auto":
-        return cfg.reader == "processes"
+        return cfg.reader == "processes" and can_spawn()
     from wsi_saliency.backend import device_info
 
-    return device_info().has_gpu
+    return device_info().has_gpu and can_spawn()
 
 
 def score_patches(
@@ -462,6 +466,8 @@ def scan_slide(
     t_start = time.perf_counter()
     if cfg.workers is None:
         cfg = replace(cfg, workers=default_workers())
+    # the result records the reader used (auto resolved)
+    cfg = replace(cfg, reader="processes" if read_in_processes(cfg) else "threads")
     scorer = scorer or PatchScorer.from_config(model, card, cfg)
     layout = lay_out_slide(path, card, cfg, scorer, tissue=tissue, roi=roi)
     grid, timings, notes = layout.grid, layout.timings, layout.notes

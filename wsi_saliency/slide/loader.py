@@ -17,11 +17,12 @@ the workers; a worker's exception reaches the consumer as a ``SlideError`` namin
 and the region.
 
 Why processes: reading a level at the model's resolution as is (Camelyon16's level 2)
-spends about a quarter of its time holding the GIL (Pillow's mode conversions, NumPy
-copies, cutting patches), so threads stop scaling there: 1.46x on 2 workers against 1.95x
-for processes (``benchmarks/bench_reading.py``). The process pool is started once (spawned:
-the parent may hold TensorFlow's threads) and reused by every later call with the same
-number of workers, so a cohort pays its start-up once.
+spends part of its time holding the GIL (Pillow's mode conversions, NumPy copies, cutting
+patches: about a quarter of a region's 23 ms outside OpenSlide's decoding), so threads
+scale less there: 1.65x on 2 workers against 1.73x for processes, which projects to about
+15,000 against 46,000 patches/s on 16 cores (``benchmarks/bench_reading.py``). The process
+pool is started once (spawned: the parent may hold TensorFlow's threads) and reused by
+every later call with the same number of workers, so a cohort pays its start-up once.
 """
 
 from __future__ import annotations
@@ -242,7 +243,7 @@ def iter_patch_batches(
         return _no_batches()
     if workers == 0:
         return _iter_inline(open_reader, plan, grid, regions, batch_size, resample, name_box)
-    if processes and _can_spawn():
+    if processes and can_spawn():
         return _iter_processes(
             str(slide_path), plan, grid, regions, batch_size, resample, workers, queue_size
         )
@@ -416,11 +417,16 @@ def _lower_priority() -> None:
         pass
 
 
-def _can_spawn() -> bool:
-    """Whether spawned processes can start here: they re-import the parent's ``__main__``,
-    which a script read from standard input does not have (such runs read in threads)."""
+def can_spawn() -> bool:
+    """Whether reading processes can start here: not inside a daemonic process (a Dask
+    worker's, by default, may have no children), and the parent's ``__main__`` can be
+    imported again by a spawned process (a script read from standard input cannot). Where
+    they cannot, reading runs in threads."""
+    import multiprocessing
     import sys
 
+    if multiprocessing.current_process().daemon:
+        return False
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
     return path is None or getattr(main, "__spec__", None) is not None or Path(path).is_file()
