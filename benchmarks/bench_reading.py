@@ -87,7 +87,7 @@ def time_reading(path: Path, plan, grid, *, repeat: int, **kwargs) -> tuple[int,
     for _ in range(repeat):
         t0 = time.perf_counter()
         n = 0
-        for batch in iter_patch_batches(lambda: open_slide(path), plan, grid, **kwargs):
+        for batch in iter_patch_batches(path, plan, grid, **kwargs):
             n += len(batch)
         best = min(best, time.perf_counter() - t0)
     return n, best
@@ -97,17 +97,16 @@ def read_patches(path: Path, level: int, grid, workers: int, processes: bool) ->
     """Every patch of ``grid`` through ``iter_patch_batches``, as the scan reads them."""
     with open_slide(path) as reader:
         plan = plan_resolution(reader, TARGET_MPP, force_level=level)
-    n = 0
-    for batch in iter_patch_batches(
+    n, _ = time_reading(
         path,
         plan,
         grid,
+        repeat=1,
         batch_size=BATCH,
         region_t=REGION,
         workers=workers,
         processes=processes,
-    ):
-        n += len(batch)
+    )
     return n
 
 

@@ -131,7 +131,7 @@ def scored_grid(result):
     return grid
 
 
-def run_case(name: str, slide: Path, model: str, cfg, out: Path, roi=None) -> dict:
+def run_case(name: str, slide: Path, model: str, cfg, out: Path, roi=None, roi_box=None) -> dict:
     from wsi_saliency.model.bundled import resolve_model
     from wsi_saliency.review.site import build_review
     from wsi_saliency.scan.cohort import load_scanner, write_slide_outputs
@@ -191,7 +191,7 @@ def run_case(name: str, slide: Path, model: str, cfg, out: Path, roi=None) -> di
         "workers": cfg.workers,
         "batch_size": scanner.scorer.batch_size or cfg.batch_size,
         "region": cfg.region,
-        "roi_l0_xyxy": None if roi is None else roi_box,
+        "roi_l0_xyxy": roi_box,
         "read_level": int(result.plan.level),
         "resolution": result.plan.describe(),
         "patches_scored": n,
@@ -216,11 +216,7 @@ def run_case(name: str, slide: Path, model: str, cfg, out: Path, roi=None) -> di
     return row
 
 
-roi_box: list[int] | None = None
-
-
 def main() -> None:
-    global roi_box
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--slide", type=Path, default=default_cache() / "c16-98kx221k.tif")
     ap.add_argument(
@@ -268,13 +264,15 @@ def main() -> None:
                 ),
                 out / "resnet50-random.keras",
             )
-            roi = None  # --roi-patches 0: the whole slide
+            roi = roi_box = None  # --roi-patches 0: the whole slide
             if args.roi_patches > 0:
                 roi, roi_box = roi_mask(args.slide, args.roi_patches)
             for reader in args.readers:
                 # every patch's map computed densely: the worst case, whatever the weights
                 cfg = ScanConfig(workers=workers, reader=reader, gradcam_dense_min=0.0)
-                rows.append(run_case("resnet50", args.slide, str(path), cfg, out, roi=roi))
+                rows.append(
+                    run_case("resnet50", args.slide, str(path), cfg, out, roi=roi, roi_box=roi_box)
+                )
     finally:
         if args.keep is None:
             shutil.rmtree(out, ignore_errors=True)
