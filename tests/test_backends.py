@@ -84,3 +84,36 @@ def test_same_model_file_same_results_on_every_backend(backend, saved):
     assert reference["cam"].max() > 0
     scale = float(reference["cam"].max())
     np.testing.assert_allclose(other["cam"], reference["cam"], atol=1e-3 * scale)
+
+
+def test_gradcam_is_compiled_where_it_was_measured_faster():
+    from wsi_saliency.backend import DeviceInfo, gradcam_jit
+
+    cpu = {b: DeviceInfo(b, "x", ()) for b in ("tensorflow", "jax", "torch")}
+    gpu = {b: DeviceInfo(b, "x", ("GPU:0",)) for b in ("tensorflow", "jax", "torch")}
+    # auto: JAX always (uncompiled runs op by op); TensorFlow's XLA only on a GPU
+    assert [gradcam_jit("auto", cpu[b]) for b in cpu] == [False, True, False]
+    assert [gradcam_jit("auto", gpu[b]) for b in gpu] == [True, True, False]
+    for device in (*cpu.values(), *gpu.values()):
+        assert gradcam_jit("on", device) is True and gradcam_jit("off", device) is False
+
+
+def test_mixed_precision_on_a_cpu_is_bfloat16_for_scans_where_the_cpu_has_it(monkeypatch):
+    import keras
+
+    from wsi_saliency import backend
+    from wsi_saliency.errors import InputError
+
+    cpu = backend.DeviceInfo("tensorflow", "x", ())
+    try:
+        monkeypatch.setattr(backend, "cpu_has_bfloat16", lambda: True)
+        assert backend.configure_precision("on", device=cpu, cpu_bfloat16=True) == "mixed_bfloat16"
+        assert keras.config.dtype_policy().name == "mixed_bfloat16"
+        assert backend.configure_precision("auto", device=cpu, cpu_bfloat16=True) == "float32"
+        with pytest.raises(InputError, match="slower"):  # training: not on a CPU
+            backend.configure_precision("on", device=cpu)
+        monkeypatch.setattr(backend, "cpu_has_bfloat16", lambda: False)
+        with pytest.raises(InputError, match="AVX512_BF16 or AMX"):
+            backend.configure_precision("on", device=cpu, cpu_bfloat16=True)
+    finally:
+        keras.config.set_dtype_policy("float32")

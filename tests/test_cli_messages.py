@@ -174,3 +174,41 @@ def test_a_non_latin_slide_name_draws_without_glyph_warnings(tmp_path):
     assert not [w for w in caught if "Glyph" in str(w.message)]
     assert (tmp_path / "h.png").stat().st_size > 0
     assert drawable("スライド_01.svs").endswith("_01.svs")
+
+
+EXIT_SCRIPT = """
+import atexit, sys, threading, time
+from wsi_saliency.cli import main
+atexit.register(lambda: print("atexit handler ran", flush=True))
+class Global:
+    def __del__(self):  # runs in the interpreter's teardown, which the fast exit skips
+        print("teardown ran", flush=True)
+kept = Global()
+if sys.argv[1] == "thread":  # a running thread is waited for, as a normal exit does
+    threading.Thread(target=lambda: (time.sleep(0.5), print("thread finished"))).start()
+print("buffered before exit", end="")  # no newline, no flush: exit must flush it
+sys.argv = ["wsi-saliency", *sys.argv[2:]]
+main()
+"""
+
+
+@pytest.mark.parametrize(
+    ("mode", "args", "code"),
+    [("plain", ["--version"], 0), ("plain", ["scan"], 2), ("thread", ["--version"], 0)],
+)
+def test_the_console_script_exits_at_once_with_its_status_and_output(mode, args, code):
+    """main() skips the interpreter's teardown, yet keeps the exit status, flushes what was
+    printed, runs the atexit handlers, and waits for a running thread."""
+    res = subprocess.run(
+        [sys.executable, "-c", EXIT_SCRIPT, mode, *args],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert res.returncode == code, res.stderr
+    assert res.stdout.startswith("buffered before exit") and "atexit handler ran" in res.stdout
+    assert ("wsi-saliency " in res.stdout) is (code == 0)
+    assert ("thread finished" in res.stdout) is (mode == "thread")
+    assert ("teardown ran" in res.stdout) is (mode == "thread")
+    if code == 2:
+        assert "Missing argument" in res.stderr or "Usage" in res.stderr

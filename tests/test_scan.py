@@ -10,6 +10,7 @@ import pytest
 import tifffile
 from typer.testing import CliRunner
 
+from wsi_saliency.backend import backend_name
 from wsi_saliency.cli import app
 from wsi_saliency.evaluation import dihedral
 from wsi_saliency.scan.cohort import SLIDE_FILES
@@ -84,6 +85,8 @@ def test_scan_writes_every_output_with_frames_and_provenance(slide, tiny_model, 
     assert 0 <= summary["score_max"] <= 1 and summary["area_above_threshold_mm2"] >= 0
     assert summary["patches_per_s"] > 0 and summary["timings_s"]["total_s"] > 0
     assert summary["reader"] == "threads"  # auto on a CPU
+    # auto: compiled on JAX; on TensorFlow only with a GPU (XLA was the slower on a CPU)
+    assert summary["gradcam_compiled"] is (backend_name() == "jax")
     for stage in ("open_s", "thumbnail_s", "tissue_s", "tiling_s", "inference_s"):
         assert summary["timings_s"][stage] >= 0, stage
     # every file but summary.json itself, each timed

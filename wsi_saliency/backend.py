@@ -73,19 +73,45 @@ def require_gpu(device: DeviceInfo | None = None) -> DeviceInfo:
     return device
 
 
-def configure_precision(mode: str, *, device: DeviceInfo | None = None) -> str:
+def cpu_has_bfloat16() -> bool:
+    """Whether this CPU computes in bfloat16 natively (AVX512_BF16 or AMX-BF16, from Linux's
+    ``/proc/cpuinfo``; False where that file is absent)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def configure_precision(
+    mode: str, *, device: DeviceInfo | None = None, cpu_bfloat16: bool = False
+) -> str:
     """Set Keras' global dtype policy: ``auto`` uses mixed precision only on a GPU.
 
-    Returns the policy name. ``on`` without a GPU is refused: mixed float16 is slow on CPUs.
+    Returns the policy name: ``mixed_float16`` on a GPU. ``on`` without a GPU is refused
+    (float16 is slow on CPUs), except with ``cpu_bfloat16`` (scans) on a CPU with bfloat16
+    instructions, where it is ``mixed_bfloat16``: ResNet50 ran 1.45x faster so on this 2-core
+    AVX512_BF16 CPU (``benchmarks/bench_precision.py``, which also measures what it changes
+    in the probabilities and maps).
     """
     import keras
 
     device = device or device_info()
     if mode == "on" and not device.has_gpu:
-        raise InputError(
-            "mixed precision was requested but no GPU is visible "
-            f"({device.describe()}): use mixed_precision=auto or off"
-        )
+        if not (cpu_bfloat16 and cpu_has_bfloat16()):
+            where = (
+                "for scans, a CPU with bfloat16 instructions (AVX512_BF16 or AMX), which this "
+                "one lacks"
+                if cpu_bfloat16
+                else "mixed precision on a CPU is slower"
+            )
+            raise InputError(
+                f"mixed precision was requested but no GPU is visible ({device.describe()}; "
+                f"{where}): use mixed_precision=auto or off"
+            )
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        return "mixed_bfloat16"
     policy = "mixed_float16" if (mode == "on" or (mode == "auto" and device.has_gpu)) else "float32"
     keras.mixed_precision.set_global_policy(policy)
     return policy
@@ -95,12 +121,16 @@ def jit_flag(mode: str):
     return {"auto": "auto", "on": True, "off": False}[mode]
 
 
-def gradcam_jit(mode: str) -> bool:
+def gradcam_jit(mode: str, device: DeviceInfo | None = None) -> bool:
     """Whether the Grad-CAM pass is compiled (TensorFlow: XLA; JAX: ``jax.jit``).
 
-    ``auto`` compiles: on JAX an uncompiled pass runs op by op; on TensorFlow XLA made
-    ResNet50's Grad-CAM 3-15 % faster on a 2-core CPU (the tiny test model 10-16 % slower;
-    ``benchmarks/results/backends.json``). PyTorch runs eagerly whatever the mode
-    (``torch.compile`` is not used).
+    ``auto`` compiles on JAX (an uncompiled pass runs op by op) and, on TensorFlow, only with
+    a GPU: on a CPU, XLA ran ResNet50's Grad-CAM at 0.91x the graph's rate and its first call
+    took 2.1 s instead of 1.5 s (``benchmarks/results/startup.json``, this 2-core CPU; the
+    tiny test model 0.84x, ``benchmarks/results/backends.json``). PyTorch runs
+    eagerly whatever the mode (``torch.compile`` is not used).
     """
-    return {"auto": True, "on": True, "off": False}[mode]
+    if mode != "auto":
+        return {"on": True, "off": False}[mode]
+    device = device or device_info()
+    return device.backend == "jax" or (device.backend == "tensorflow" and device.has_gpu)

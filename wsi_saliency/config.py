@@ -177,7 +177,7 @@ class ScanConfig:
     # runs on a GPU (reading must keep up with it), threads on a CPU (the model is the limit)
     reader: str = "auto"
     region: int = 1024  # side of the regions read at once (target px)
-    mixed_precision: str = "off"  # off | on (GPU only) | auto
+    mixed_precision: str = "off"  # off | on (GPU: float16; CPU: bfloat16 if it has it) | auto
     jit_compile: str = "auto"  # XLA / jax.jit for the Grad-CAM pass: auto | on | off
     threshold: float = 0.5  # probability above which area is counted as suspicious
     top_k: int = 10  # slide score: mean of the top-k patch probabilities (and the max)

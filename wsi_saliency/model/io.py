@@ -149,23 +149,24 @@ def read_card(path: str | Path) -> ModelCard:
 def load_model(path: str | Path, *, dtype_policy: str | None = None):
     """Load ``(model, card)`` in Keras safe mode, without the optimizer.
 
-    With ``dtype_policy`` (e.g. ``"mixed_float16"`` for inference on a GPU) the model is rebuilt
-    from the training config in its card under that policy and the file's weights are loaded
-    into it; a saved model otherwise keeps the float32 policy it was saved with.
+    With ``dtype_policy`` (``"mixed_float16"`` for inference on a GPU, ``"mixed_bfloat16"`` on
+    a CPU with bfloat16 instructions) the model computes under that policy
+    (:func:`with_dtype_policy`); a saved model otherwise keeps the float32 policy it was saved
+    with.
     """
     import keras
 
     import wsi_saliency.model.build  # noqa: F401  (registers the custom layers)
 
     card = read_card(path)
-    if dtype_policy and dtype_policy != "float32":
-        return _rebuild(path, card, dtype_policy), card
     try:
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises many types for a broken archive
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise ModelError(f"model file {path} cannot be loaded by Keras: {first}") from None
     check_matches_card(model, card, path)
+    if dtype_policy and dtype_policy != "float32":
+        model = with_dtype_policy(model, card, dtype_policy)
     return model, card
 
 
@@ -221,25 +222,20 @@ def check_matches_card(model, card: ModelCard, path: str | Path) -> None:
             raise missing_layer(model, name, what, f"model file {path}")
 
 
-def _rebuild(path: str | Path, card: ModelCard, dtype_policy: str):
-    import dataclasses
-
+def with_dtype_policy(model, card: ModelCard, dtype_policy: str):
+    """A copy of ``model`` computing under ``dtype_policy`` (e.g. ``"mixed_bfloat16"``), with
+    the same weights. The logit and the output layers stay float32, as ``build_model`` makes
+    them under a mixed policy: a bfloat16 probability would have steps of 1/256 near 1."""
     import keras
 
-    from wsi_saliency.config import config_from_dict
-    from wsi_saliency.model.build import build_model
+    keep = {card.logit_layer, *(t._keras_history.operation.name for t in model.outputs)}
 
-    if not card.config:
-        raise ModelError(
-            f"model file {path} has no training config in its card: it can only "
-            "run in float32 (drop mixed precision)"
-        )
-    model_cfg = dataclasses.replace(config_from_dict(card.config).model, weights="none")
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(dtype_policy)
-    try:
-        model = build_model(model_cfg)
-    finally:
-        keras.config.set_dtype_policy(previous)
-    model.load_weights(path)
-    return model
+    def clone(layer):
+        config = layer.get_config()
+        if layer.name not in keep and not isinstance(layer, keras.layers.InputLayer):
+            config["dtype"] = dtype_policy
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone, recursive=True)
+    copy.set_weights(model.get_weights())
+    return copy

@@ -21,11 +21,12 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wsi_saliency.config import ScanConfig
+from wsi_saliency.config import ScanConfig, usable_cores
 from wsi_saliency.errors import InputError, WsiSaliencyError
 from wsi_saliency.outputs.atomic import atomic_path, write_json
 from wsi_saliency.outputs.export import EXPORT_FILES
@@ -131,8 +132,8 @@ def write_slide_outputs(
         )
     name = result.path.name
     layer = cfg.gradcam_layer or card.gradcam_layer  # --gradcam-layer overrides the card's
-    with timed(seconds, "heatmap.png"):
-        write_heatmap_png(
+    pngs = {
+        "heatmap.png": lambda: write_heatmap_png(
             folder / "heatmap.png",
             result.overview,
             result.overview_downsample,
@@ -140,9 +141,8 @@ def write_slide_outputs(
             result.heatmap_prob_downsample,
             title=f"{name}: P(metastasis), max {result.score_max():.3f}",
             scale=PROBABILITY_SCALE,
-        )
-    with timed(seconds, "gradcam.png"):
-        write_heatmap_png(
+        ),
+        "gradcam.png": lambda: write_heatmap_png(
             folder / "gradcam.png",
             result.overview,
             result.overview_downsample,
@@ -151,16 +151,25 @@ def write_slide_outputs(
             title=f"{name}: Grad-CAM at {layer} (one scale for the slide)",
             scale=gradcam_scale(result.heatmap_gradcam),
             alpha=0.55,
-        )
-    with timed(seconds, "tissue.png"):
-        write_tissue_png(
+        ),
+        "tissue.png": lambda: write_tissue_png(
             folder / "tissue.png",
             result.overview,
             result.overview_downsample,
             result.tissue_mask,
             result.thumbnail_downsample,
             title=f"{name}: tissue ({result.n_scored} patches scored)",
-        )
+        ),
+    }
+
+    def write_png(key: str) -> None:
+        with timed(seconds, key):
+            pngs[key]()
+
+    # Side by side: composing and PNG-encoding release the GIL for most of their time.
+    with ThreadPoolExecutor(usable_cores(), thread_name_prefix="wsi-saliency-png") as pool:
+        for done in [pool.submit(write_png, key) for key in pngs]:
+            done.result()
     write_exports(folder, SlideMaps.from_result(result), timings=seconds)
     summary = {
         **result.summary(),
@@ -272,7 +281,7 @@ def load_scanner(model_path: Path, cfg: ScanConfig) -> Scanner:
     if cfg.mixed_precision != "off":
         from wsi_saliency.backend import configure_precision
 
-        policy = configure_precision(cfg.mixed_precision)
+        policy = configure_precision(cfg.mixed_precision, cpu_bfloat16=True)
     model, card = load_model(model_path, dtype_policy=policy)
     scorer = PatchScorer.from_config(model, card, cfg)
     return Scanner(Path(model_path), model, card, scorer, software_versions())

@@ -112,6 +112,7 @@ class SlideResult:
             "resolution": self.plan.describe(),
             "reading_workers": self.config.workers,
             "reader": self.config.reader,
+            "gradcam_compiled": self.config.jit_compile == "on",
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
             "patches_per_s": round(self.n_scored / total, 1) if total else None,
             "model_patches_per_s": (
@@ -469,6 +470,8 @@ def scan_slide(
     # the result records the reader used (auto resolved)
     cfg = replace(cfg, reader="processes" if read_in_processes(cfg) else "threads")
     scorer = scorer or PatchScorer.from_config(model, card, cfg)
+    # ... and whether its Grad-CAM pass was compiled (auto resolved: see gradcam_jit)
+    cfg = replace(cfg, jit_compile="on" if scorer.jit else "off")
     layout = lay_out_slide(path, card, cfg, scorer, tissue=tissue, roi=roi)
     grid, timings, notes = layout.grid, layout.timings, layout.notes
 
