@@ -265,3 +265,38 @@ def test_reading_in_processes_gives_the_same_scan(slide, tiny_model, tmp_path):
         assert json.loads((out / "small" / "summary.json").read_text())["reader"] == reader
     for key, value in got["threads"].items():
         np.testing.assert_array_equal(got["processes"][key], value, err_msg=key)
+
+
+def test_mixed_precision_on_a_bfloat16_cpu_scans_in_bfloat16(slide, tiny_model, tmp_path):
+    """--set scan.mixed_precision=on without a GPU: bfloat16 where the CPU has it, recorded in
+    the outputs, probabilities near the float32 scan's."""
+    from wsi_saliency.backend import cpu_has_bfloat16, device_info
+
+    if device_info().has_gpu or not cpu_has_bfloat16():
+        pytest.skip("needs a CPU with bfloat16 instructions and no GPU")
+    got = {}
+    for mode in ("off", "on"):
+        out = tmp_path / mode
+        result = _scan([slide], tiny_model, out, "--set", f"scan.mixed_precision={mode}")
+        assert result.exit_code == 0, result.output
+        summary = json.loads((out / "small" / "summary.json").read_text())
+        assert summary["dtype_policy"] == ("mixed_bfloat16" if mode == "on" else "float32")
+        with h5py.File(out / "small" / "scan.h5") as f:
+            assert f.attrs["dtype_policy"] == summary["dtype_policy"]
+            got[mode] = f["prob"][()]
+    np.testing.assert_allclose(got["on"], got["off"], atol=0.05)
+    assert not np.array_equal(got["on"], got["off"])  # it did compute in bfloat16
+
+
+def test_mixed_precision_on_a_cpu_without_bfloat16_is_one_line(
+    slide, tiny_model, tmp_path, monkeypatch
+):
+    from wsi_saliency import backend
+
+    if backend.device_info().has_gpu:
+        pytest.skip("a GPU is visible: mixed precision is float16 there")
+    monkeypatch.setattr(backend, "cpu_has_bfloat16", lambda: False)
+    result = _scan([slide], tiny_model, tmp_path / "out", "--set", "scan.mixed_precision=on")
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "AVX512_BF16 or AMX" in lines[0], result.output

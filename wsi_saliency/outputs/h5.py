@@ -9,7 +9,9 @@ Attributes: ``patch_size_l0``, ``stride_l0``, ``heatmap_prob_downsample`` and
 ``target_mpp``, ``slide_mpp``, ``slide_dimensions`` (level-0 width, height), ``read_level``,
 ``model_path``, ``model_card`` (JSON), ``config`` (JSON), ``versions`` (JSON),
 ``format_version`` and ``gradcam_map`` / ``gradcam_map_method`` (how ``heatmap_gradcam`` was
-made: ``"dense"`` or ``"patches"``, and that in words; ``""`` without Grad-CAM).
+made: ``"dense"`` or ``"patches"``, and that in words; ``""`` without Grad-CAM),
+``dtype_policy`` (the Keras policy the backbone computed under: ``float32``, or
+``mixed_bfloat16`` / ``mixed_float16`` with ``scan.mixed_precision``).
 
 ``format_version`` 3: ``heatmap_gradcam`` is by default the dense Grad-CAM map
 (``gradcam_map = "dense"``: no patch grid; same formula and scale as the per-patch maps, see
@@ -69,6 +71,7 @@ def write_scan_h5(
         a["gradcam_map"] = str(getattr(result, "gradcam_map", ""))
         a["gradcam_map_method"] = str(getattr(result, "gradcam_map_method", ""))
         a["gradcam_dense_patches"] = int(getattr(result, "gradcam_dense_patches", -1))
+        a["dtype_policy"] = str(getattr(result, "dtype_policy", "float32"))
         a["patch_size_l0"] = float(result.patch_size_l0)
         a["stride_l0"] = float(result.stride_l0)
         a["heatmap_prob_downsample"] = float(result.heatmap_prob_downsample)

@@ -63,6 +63,8 @@ class SlideResult:
     # how heatmap_gradcam was made: "dense" or "patches" (see GRADCAM_MAP_METHODS); "" if off
     gradcam_map: str = ""
     gradcam_dense_patches: int = -1  # patches whose map was computed densely (-1: not dense)
+    # the Keras dtype policy the backbone computed under: float32, mixed_float16/_bfloat16
+    dtype_policy: str = "float32"
 
     @property
     def stem(self) -> str:
@@ -113,6 +115,7 @@ class SlideResult:
             "reading_workers": self.config.workers,
             "reader": self.config.reader,
             "gradcam_compiled": self.config.jit_compile == "on",
+            "dtype_policy": self.dtype_policy,
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
             "patches_per_s": round(self.n_scored / total, 1) if total else None,
             "model_patches_per_s": (
@@ -532,6 +535,7 @@ def scan_slide(
         config=cfg,
         gradcam_map=cam_method,
         gradcam_dense_patches=n_dense,
+        dtype_policy=scorer.model.get_layer(scorer.layer).dtype_policy.name,
     )
 
 
