@@ -286,6 +286,9 @@ def test_mixed_precision_on_a_bfloat16_cpu_scans_in_bfloat16(slide, tiny_model, 
             got[mode] = f["prob"][()]
     np.testing.assert_allclose(got["on"], got["off"], atol=0.05)
     assert not np.array_equal(got["on"], got["off"])  # it did compute in bfloat16
+    import keras
+
+    assert keras.config.dtype_policy().name == "float32"  # the process's policy is untouched
 
 
 def test_mixed_precision_on_a_cpu_without_bfloat16_is_one_line(

@@ -87,7 +87,19 @@ def cpu_has_bfloat16() -> bool:
 def configure_precision(
     mode: str, *, device: DeviceInfo | None = None, cpu_bfloat16: bool = False
 ) -> str:
-    """Set Keras' global dtype policy: ``auto`` uses mixed precision only on a GPU.
+    """Set Keras' global dtype policy to :func:`precision_policy`'s (training builds its
+    model under it) and return its name."""
+    import keras
+
+    policy = precision_policy(mode, device=device, cpu_bfloat16=cpu_bfloat16)
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
+def precision_policy(
+    mode: str, *, device: DeviceInfo | None = None, cpu_bfloat16: bool = False
+) -> str:
+    """The Keras dtype policy for ``mode``: ``auto`` uses mixed precision only on a GPU.
 
     Returns the policy name: ``mixed_float16`` on a GPU. ``on`` without a GPU is refused
     (float16 is slow on CPUs), except with ``cpu_bfloat16`` (scans) on a CPU with bfloat16
@@ -95,8 +107,6 @@ def configure_precision(
     AVX512_BF16 CPU (``benchmarks/bench_precision.py``, which also measures what it changes
     in the probabilities and maps).
     """
-    import keras
-
     device = device or device_info()
     if mode == "on" and not device.has_gpu:
         if not (cpu_bfloat16 and cpu_has_bfloat16()):
@@ -110,11 +120,8 @@ def configure_precision(
                 f"mixed precision was requested but no GPU is visible ({device.describe()}; "
                 f"{where}): use mixed_precision=auto or off"
             )
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
         return "mixed_bfloat16"
-    policy = "mixed_float16" if (mode == "on" or (mode == "auto" and device.has_gpu)) else "float32"
-    keras.mixed_precision.set_global_policy(policy)
-    return policy
+    return "mixed_float16" if (mode == "on" or (mode == "auto" and device.has_gpu)) else "float32"
 
 
 def jit_flag(mode: str):

@@ -279,9 +279,10 @@ def load_scanner(model_path: Path, cfg: ScanConfig) -> Scanner:
 
     policy = None
     if cfg.mixed_precision != "off":
-        from wsi_saliency.backend import configure_precision
+        from wsi_saliency.backend import precision_policy
 
-        policy = configure_precision(cfg.mixed_precision, cpu_bfloat16=True)
+        # the model is converted (load_model): Keras' global policy is left as it is
+        policy = precision_policy(cfg.mixed_precision, cpu_bfloat16=True)
     model, card = load_model(model_path, dtype_policy=policy)
     scorer = PatchScorer.from_config(model, card, cfg)
     return Scanner(Path(model_path), model, card, scorer, software_versions())

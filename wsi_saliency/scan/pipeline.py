@@ -177,8 +177,8 @@ class PatchScorer:
 
         self.model = model
         self.tta = tta
-        # Batches are padded to one size: a compiled (XLA / jit) step is traced once per
-        # shape, and a slide's last, partial batch would otherwise compile a second time.
+        # Batches are padded to one size where a step is compiled per shape (XLA, jax.jit,
+        # Keras' predict): a slide's last, partial batch would otherwise compile again.
         self.batch_size = batch_size
         self.layer = layer or card.gradcam_layer
         self.logit_layer = card.logit_layer
@@ -213,7 +213,7 @@ class PatchScorer:
     def _once(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         n = len(x)
         size = (8 if self.tta else 1) * (self.batch_size or 0)
-        if n < size:
+        if n < size and not (self.gradcam is not None and self.gradcam.any_batch_size):
             x = np.concatenate([x, np.zeros((size - n, *x.shape[1:]), x.dtype)])
         if self.gradcam is not None:
             prob, cam = self.gradcam(x)
