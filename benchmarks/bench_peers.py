@@ -496,9 +496,12 @@ OURS_ALONE = textwrap.dedent(
     sys.path.insert(0, "benchmarks")
     from bench_scan import model_alone
     from wsi_saliency.model.io import load_model
+    from wsi_saliency.backend import gradcam_jit
     model, card = load_model(sys.argv[1])
     x = np.random.default_rng(0).integers(0, 256, (%(batch)d, %(patch)d, %(patch)d, 3), np.uint8)
-    print("BENCH_PEERS " + json.dumps(model_alone(model, card, x, int(sys.argv[2]))))
+    jit = gradcam_jit("auto")  # as the scan runs it
+    print("BENCH_PEERS " + json.dumps({**model_alone(model, card, x, int(sys.argv[2]), jit=jit),
+                                       "gradcam_compiled": jit}))
     """
 ) % {"batch": BATCH, "patch": PATCH}
 
@@ -554,7 +557,7 @@ TIATOOLBOX_ALONE = textwrap.dedent(
 def model_alone(family: str, models: dict, repeat: int) -> dict:
     """The tool's model on one in-memory batch of ``BATCH``, in the tool's own environment."""
     if family == "ours":
-        cmd = [sys.executable, "-c", OURS_ALONE, str(models["ours"]), str(repeat)]
+        cmd = [str(ours_python()), "-c", OURS_ALONE, str(models["ours"]), str(repeat)]
     elif family == "wsinfer":
         cmd = [str(venv_python("wsinfer")), "-c", WSINFER_ALONE, str(models["wsinfer"][0])]
         cmd.append(str(repeat))

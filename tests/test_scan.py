@@ -303,3 +303,26 @@ def test_mixed_precision_on_a_cpu_without_bfloat16_is_one_line(
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "AVX512_BF16 or AMX" in lines[0], result.output
+
+
+def test_a_layout_made_ahead_gives_the_same_scan(slide, tiny_model, tmp_path):
+    """Stage 1 without the model (as a cohort lays out the next slide while the model works):
+    the scan that takes it is the scan that makes it, and counts its seconds."""
+    from wsi_saliency.config import ScanConfig
+    from wsi_saliency.errors import InputError
+    from wsi_saliency.model.io import load_model
+    from wsi_saliency.scan.pipeline import PatchScorer, lay_out_slide, scan_slide
+
+    model, card = load_model(tiny_model)
+    cfg = ScanConfig(workers=1)
+    scorer = PatchScorer.from_config(model, card, cfg)
+    direct = scan_slide(slide, model, card, cfg, scorer=scorer)
+    layout = lay_out_slide(slide, card, cfg)  # no scorer: no model needed
+    ahead = scan_slide(slide, model, card, cfg, scorer=scorer, layout=layout)
+    for key in ("coords", "prob", "gradcam", "heatmap_prob", "heatmap_gradcam", "tissue_mask"):
+        np.testing.assert_array_equal(getattr(ahead, key), getattr(direct, key), err_msg=key)
+    assert layout.seconds > 0 and ahead.timings["total_s"] > layout.seconds
+    other = tmp_path / "other.tif"
+    other.write_bytes(slide.read_bytes())
+    with pytest.raises(InputError, match="layout given is of"):
+        scan_slide(other, model, card, cfg, scorer=scorer, layout=layout)

@@ -103,8 +103,8 @@ def precision_policy(
 
     Returns the policy name: ``mixed_float16`` on a GPU. ``on`` without a GPU is refused
     (float16 is slow on CPUs), except with ``cpu_bfloat16`` (scans) on a CPU with bfloat16
-    instructions, where it is ``mixed_bfloat16``: ResNet50 ran 1.45x faster so on this 2-core
-    AVX512_BF16 CPU (``benchmarks/bench_precision.py``, which also measures what it changes
+    instructions, where it is ``mixed_bfloat16``: ResNet50 ran 1.45x faster in it on this
+    2-core AVX512_BF16 CPU (``benchmarks/bench_precision.py``, which also measures what it changes
     in the probabilities and maps).
     """
     device = device or device_info()

@@ -68,15 +68,14 @@ BACKEND_EXTRAS = (
 def _require_backend(backend: str) -> None:
     """One line naming the install extras when the Keras backend's framework is missing
     (Keras itself would die with a ModuleNotFoundError traceback on import)."""
-    import importlib
+    import importlib.util
 
     module = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(backend)
     if module is None:
         raise InputError(f"KERAS_BACKEND={backend!r} is not one of tensorflow, jax, torch")
-    try:
-        importlib.import_module(module)  # Keras imports it next anyway: no extra cost
-    except ModuleNotFoundError:
+    # Found, not imported: a scan imports it while it lays out its first slide.
+    if importlib.util.find_spec(module) is None:
         raise InputError(
             f"the Keras backend {backend!r} is not installed: install wsi-saliency with a "
             f"backend extra, {BACKEND_EXTRAS}, or set KERAS_BACKEND to one you have"
-        ) from None
+        )

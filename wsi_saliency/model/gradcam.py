@@ -186,7 +186,7 @@ class DenseGradCam:
         self.receptive_field = receptive_field(model, layer_name)
         self.linear_head = head_is_linear(head)
         self.feature_model = dense_feature_model(model, layer_name)
-        self._features = _forward_fn(self.feature_model, jit=jit)
+        self._features = forward_fn(self.feature_model, jit=jit)
         compiled_per_shape = jit and keras.backend.backend() == "jax"
         self.shape_quantum = self.SHAPE_QUANTUM_JAX if compiled_per_shape else self.stride
         f_in = keras.Input(tuple(feature_model.outputs[0].shape[1:]), name="footprint")
@@ -238,11 +238,12 @@ def _build_fn(feature_model, head, *, jit: bool):
     raise NotImplementedError(f"Grad-CAM is not implemented for the {backend} backend")
 
 
-def _forward_fn(model, *, jit: bool):
-    """``call(x float32 [B, H, W, 3]) -> np.ndarray``: ``model`` in inference mode, shapes free.
+def forward_fn(model, *, jit: bool):
+    """``call(x float32 [B, H, W, 3]) -> np.ndarray``: ``model`` in inference mode, any batch
+    size (and any H, W where the model's input leaves them free, as the dense feature model's).
 
-    TensorFlow runs a graph without XLA (regions differ in size; XLA would compile each one);
-    JAX compiles each new shape once with ``jax.jit``; PyTorch runs eagerly."""
+    TensorFlow runs one graph without XLA (regions differ in size; XLA would compile each
+    one); JAX compiles each new shape once with ``jax.jit``; PyTorch runs eagerly."""
     import keras
 
     backend = keras.backend.backend()
@@ -253,7 +254,7 @@ def _forward_fn(model, *, jit: bool):
         # few sizes (ResNet50 on a 2-core CPU: 4-6 s per region instead of 1.7 s).
         run = tf.function(
             lambda x: tf.cast(model(x, training=False), tf.float32),
-            input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)],
+            input_signature=[tf.TensorSpec([None, *model.inputs[0].shape[1:]], tf.float32)],
         )
         return lambda x: run(tf.convert_to_tensor(x, tf.float32)).numpy()
     if backend == "jax":

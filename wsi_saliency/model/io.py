@@ -228,7 +228,7 @@ def with_dtype_policy(model, card: ModelCard, dtype_policy: str):
     them under a mixed policy: a bfloat16 probability would have steps of 1/256 near 1."""
     import keras
 
-    keep = {card.logit_layer, *(t._keras_history.operation.name for t in model.outputs)}
+    keep = {card.logit_layer, *model.output_names}
 
     def clone(layer):
         config = layer.get_config()

@@ -21,7 +21,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -319,13 +319,15 @@ def scan_one(
     tissue_masks: Path | None = None,
     rois: Path | None = None,
     attempt: str = "",
+    layout: Future | None = None,
 ) -> CohortRow:
     """Scan one slide into ``out/<stem>/`` and return its row (``done`` or ``failed``).
 
     The body both the serial loop and a Dask worker's task run. The outputs are written into
     ``out/.<stem>.partial`` (``.<stem>.partial-<attempt>`` when ``attempt`` is given, so two
     attempts never share a folder) and renamed when complete. Any exception fails the slide
-    (its row carries a one-line error) unless ``debug``, which re-raises it.
+    (its row carries a one-line error) unless ``debug``, which re-raises it. ``layout``: the
+    slide's ``SlideLayout`` being made ahead (:class:`LayoutsAhead`), masks included.
     """
     from wsi_saliency.scan.pipeline import scan_slide
 
@@ -334,6 +336,10 @@ def scan_one(
     clear_partials(out, slide.stem)
     t0 = time.perf_counter()
     try:
+        if layout is not None:
+            stage1 = {"layout": layout.result()}
+        else:
+            stage1 = slide_masks(slide, tissue_masks, rois)
         result = scan_slide(
             slide,
             scanner.model,
@@ -341,8 +347,7 @@ def scan_one(
             cfg,
             scorer=scanner.scorer,
             progress=progress,
-            tissue=None if tissue_masks is None else find_mask(tissue_masks, slide, "tissue mask"),
-            roi=None if rois is None else find_mask(rois, slide, "region of interest", (".xml",)),
+            **stage1,
         )
         for note in result.warnings:
             log(f"warning: {note}")
@@ -383,6 +388,51 @@ def scan_one(
         return CohortRow(str(slide), "failed", seconds=time.perf_counter() - t0, error=message)
 
 
+def slide_masks(slide: Path, tissue_masks: Path | None, rois: Path | None) -> dict:
+    """The slide's ``tissue`` and ``roi`` files from the folders given (None where none)."""
+    return {
+        "tissue": None if tissue_masks is None else find_mask(tissue_masks, slide, "tissue mask"),
+        "roi": None if rois is None else find_mask(rois, slide, "region of interest", (".xml",)),
+    }
+
+
+class LayoutsAhead:
+    """Lays out slides (``lay_out_slide``: overview, tissue mask, grid; no model) one ahead
+    of the model, in a background thread: the first while TensorFlow and the model load, each
+    next one while the model works on the one before. ``take(slide)`` hands over the slide's
+    future (its exception, if any, is raised by ``result()``, inside ``scan_one``) and starts
+    the next. At most two layouts are held at once."""
+
+    def __init__(self, slides: list[Path], card, cfg: ScanConfig, masks: Callable[[Path], dict]):
+        self._slides = list(slides)
+        self._card, self._cfg, self._masks = card, cfg, masks
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="wsi-saliency-layout")
+        self._futures: dict[Path, Future] = {}
+        self._next = 0
+        self._start_next()
+
+    def _lay_out(self, slide: Path):
+        from wsi_saliency.scan.pipeline import lay_out_slide
+
+        return lay_out_slide(slide, self._card, self._cfg, **self._masks(slide))
+
+    def _start_next(self) -> None:
+        if self._next < len(self._slides):
+            slide = self._slides[self._next]
+            self._next += 1
+            self._futures[slide] = self._pool.submit(self._lay_out, slide)
+
+    def take(self, slide: Path) -> Future:
+        future = self._futures.pop(slide)
+        self._start_next()
+        return future
+
+    def close(self) -> None:
+        for future in self._futures.values():
+            future.cancel()
+        self._pool.shutdown(wait=True)
+
+
 def scan_cohort(
     slides: list[Path],
     model_path: Path,
@@ -405,28 +455,38 @@ def scan_cohort(
     """
     from tqdm import tqdm
 
-    scanner = load_scanner(model_path, cfg)
+    from wsi_saliency.model.io import read_card
+
+    kept = {slide: kept_row(slide, out, overwrite=overwrite) for slide in slides}
+    ahead = LayoutsAhead(
+        [s for s in slides if kept[s] is None],
+        read_card(model_path),
+        cfg,
+        lambda slide: slide_masks(slide, tissue_masks, rois),
+    )
     rows: list[CohortRow] = []
-    bar = tqdm(slides, desc="slides", unit="slide", disable=not progress or len(slides) < 2)
-    for slide in bar:
-        kept = kept_row(slide, out, overwrite=overwrite)
-        if kept is not None:
-            rows.append(kept)
-            final = out / slide.stem
-            log(f"{slide.name}: complete outputs in {final} from an earlier run, skipped")
-        else:
-            rows.append(
-                scan_one(
-                    slide,
-                    out,
-                    scanner,
-                    cfg,
-                    progress=progress,
-                    log=log,
-                    debug=debug,
-                    tissue_masks=tissue_masks,
-                    rois=rois,
+    try:
+        scanner = load_scanner(model_path, cfg)  # beside the first slide's layout
+        bar = tqdm(slides, desc="slides", unit="slide", disable=not progress or len(slides) < 2)
+        for slide in bar:
+            if kept[slide] is not None:
+                rows.append(kept[slide])
+                final = out / slide.stem
+                log(f"{slide.name}: complete outputs in {final} from an earlier run, skipped")
+            else:
+                rows.append(
+                    scan_one(
+                        slide,
+                        out,
+                        scanner,
+                        cfg,
+                        progress=progress,
+                        log=log,
+                        debug=debug,
+                        layout=ahead.take(slide),
+                    )
                 )
-            )
-        _write_csv(out / "cohort.csv", rows)
+            _write_csv(out / "cohort.csv", rows)
+    finally:
+        ahead.close()
     return rows

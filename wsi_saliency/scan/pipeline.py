@@ -173,18 +173,27 @@ class PatchScorer:
         batch_size: int | None = None,
         jit: bool = True,
     ):
-        from wsi_saliency.model.gradcam import GradCam
+        import keras
+
+        from wsi_saliency.model.gradcam import GradCam, forward_fn
 
         self.model = model
         self.tta = tta
-        # Batches are padded to one size where a step is compiled per shape (XLA, jax.jit,
-        # Keras' predict): a slide's last, partial batch would otherwise compile again.
+        # Batches are padded to one size where a step is compiled per shape (XLA, jax.jit):
+        # a slide's last, partial batch would otherwise compile again.
         self.batch_size = batch_size
         self.layer = layer or card.gradcam_layer
         self.logit_layer = card.logit_layer
         self.jit = jit
         self.gradcam = GradCam(model, self.layer, card.logit_layer, jit=jit) if gradcam else None
         self.map_shape = self.gradcam.map_shape if self.gradcam else (0, 0)
+        # Without Grad-CAM, the probability alone: the same uncompiled graph on TensorFlow
+        # (Keras' predict_on_batch compiles it with XLA: slower on a CPU, and once per shape)
+        self._forward = None if gradcam else forward_fn(model, jit=jit)
+        if self.gradcam is not None:
+            self.any_batch_size = self.gradcam.any_batch_size
+        else:
+            self.any_batch_size = keras.backend.backend() in ("tensorflow", "torch") or not jit
         self._dense = None
 
     def dense(self):
@@ -213,12 +222,12 @@ class PatchScorer:
     def _once(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         n = len(x)
         size = (8 if self.tta else 1) * (self.batch_size or 0)
-        if n < size and not (self.gradcam is not None and self.gradcam.any_batch_size):
+        if n < size and not self.any_batch_size:
             x = np.concatenate([x, np.zeros((size - n, *x.shape[1:]), x.dtype)])
         if self.gradcam is not None:
             prob, cam = self.gradcam(x)
             return prob[:n], cam[:n]
-        prob = np.asarray(self.model.predict_on_batch(x.astype(np.float32)), np.float32)
+        prob = np.asarray(self._forward(x.astype(np.float32)), np.float32)
         return prob.reshape(-1)[:n], None
 
     def __call__(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -253,19 +262,24 @@ class SlideLayout:
     overview_downsample: tuple[float, float]
     timings: dict[str, float]
     notes: list[str]
+    seconds: float = 0.0  # the layout's own wall time
 
 
 def lay_out_slide(
     path: Path,
     card,
     cfg: ScanConfig,
-    scorer: PatchScorer,
+    scorer: PatchScorer | None = None,
     *,
     tissue: np.ndarray | str | Path | None = None,
     roi: np.ndarray | str | Path | None = None,
 ) -> SlideLayout:
     """Stage 1: open the slide, plan the resolution, check what it will allocate, build the
-    overview and the tissue mask (or take the user's), and tile the tissue."""
+    overview and the tissue mask (or take the user's), and tile the tissue.
+
+    Needs no model: without a ``scorer`` the per-patch Grad-CAM arrays are left out of the
+    memory check (``scan_slide`` checks them when it takes the layout). A cohort lays out
+    the next slide this way while the model works on the current one."""
     from wsi_saliency.scan.budget import check_scan_memory
     from wsi_saliency.slide import open_slide, plan_resolution, tile_grid
     from wsi_saliency.slide.tissue import tissue_mask
@@ -287,7 +301,7 @@ def lay_out_slide(
             patch_t=patch,
             cfg=cfg,
             name=path.name,
-            map_cells=math.prod(scorer.map_shape),
+            map_cells=None if scorer is None else math.prod(scorer.map_shape),
         )
         timings["open_s"] = time.perf_counter() - t_start
 
@@ -336,6 +350,7 @@ def lay_out_slide(
         overview_ds,
         timings,
         notes,
+        time.perf_counter() - t_start,
     )
 
 
@@ -447,6 +462,7 @@ def scan_slide(
     tissue: np.ndarray | str | Path | None = None,
     roi: np.ndarray | str | Path | None = None,
     progress: bool = False,
+    layout: SlideLayout | None = None,
 ) -> SlideResult:
     """Scan the slide at ``path`` with ``model`` (whose ``card`` gives patch size and mpp).
 
@@ -462,7 +478,9 @@ def scan_slide(
     warning, when the model or the stride does not allow it.
 
     Stages: ``lay_out_slide`` (open, tissue, grid), ``score_patches`` (read + model), then the
-    dense Grad-CAM map (``dense_slide_map``) when it is made.
+    dense Grad-CAM map (``dense_slide_map``) when it is made. ``layout``: stage 1 done
+    already (``lay_out_slide`` of this ``path``, with its ``tissue`` and ``roi``; those
+    arguments are then unused); ``timings_s.total_s`` counts its own seconds.
     """
     from wsi_saliency.slide import open_slide
 
@@ -475,7 +493,23 @@ def scan_slide(
     scorer = scorer or PatchScorer.from_config(model, card, cfg)
     # ... and whether its Grad-CAM pass was compiled (auto resolved: see gradcam_jit)
     cfg = replace(cfg, jit_compile="on" if scorer.jit else "off")
-    layout = lay_out_slide(path, card, cfg, scorer, tissue=tissue, roi=roi)
+    ahead_s = 0.0  # seconds of a layout made before this call
+    if layout is None:
+        layout = lay_out_slide(path, card, cfg, scorer, tissue=tissue, roi=roi)
+    else:
+        from wsi_saliency.scan.budget import check_scan_memory
+
+        if Path(layout.path) != path:
+            raise InputError(f"the layout given is of {layout.path}, not of {path}")
+        check_scan_memory(  # the Grad-CAM arrays now that the model says their size
+            layout.l0_size,
+            layout.plan,
+            patch_t=int(card.patch_size),
+            cfg=cfg,
+            name=path.name,
+            map_cells=math.prod(scorer.map_shape),
+        )
+        ahead_s = layout.seconds
     grid, timings, notes = layout.grid, layout.timings, layout.notes
 
     dense = _dense_for(scorer, grid, cfg, notes) if scorer.gradcam is not None else None
@@ -505,7 +539,7 @@ def scan_slide(
         timings.update(dense_map.timings)
         n_dense = dense_map.n_dense
         cam_method = "dense"
-    timings["total_s"] = time.perf_counter() - t_start
+    timings["total_s"] = time.perf_counter() - t_start + ahead_s
     return SlideResult(
         path=path,
         coords=grid.l0_xy,
