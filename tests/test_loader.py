@@ -327,3 +327,25 @@ def test_no_reading_processes_inside_a_daemonic_process() -> None:
     p.start()
     assert q.get(timeout=60) is False
     p.join(timeout=60)
+
+
+def test_regions_of_sparse_tissue_read_little_more_than_the_patches(sine_reader) -> None:
+    """Two tissue islands in opposite corners of one block: two regions, not the block."""
+    plan = plan_resolution(sine_reader, PCAM_MPP)
+    mask = np.zeros((11, 15), bool)
+    mask[:3, :3] = True
+    mask[7:10, 9:12] = True
+    grid = tile_grid(sine_reader.dimensions, plan, mask=mask)
+    assert len(grid) >= 2
+    regions = plan_regions(grid, 4096)  # one block holds the whole grid
+    assert len(regions) >= 2
+    rows = np.sort(np.concatenate([r.index for r in regions]))
+    assert rows.tolist() == list(range(len(grid)))  # every patch once
+    read = sum(r.t_wh[0] * r.t_wh[1] for r in regions)
+    xs, ys = grid.t_xy[:, 0], grid.t_xy[:, 1]
+    block = (xs.max() - xs.min() + grid.patch_t) * (ys.max() - ys.min() + grid.patch_t)
+    assert read < block / 2
+    for r in regions:  # each region holds its patches
+        x, y = grid.t_xy[r.index].T
+        assert (x >= r.t_xy[0]).all() and (x + grid.patch_t <= r.t_xy[0] + r.t_wh[0]).all()
+        assert (y >= r.t_xy[1]).all() and (y + grid.patch_t <= r.t_xy[1] + r.t_wh[1]).all()

@@ -63,16 +63,10 @@ class GradCam:
     """
 
     def __init__(self, model, layer_name: str, logit_layer: str = "logit", *, jit: bool = True):
-        import keras
-
         self.layer_name = layer_name
         self.feature_model, self.head = split_at(model, layer_name, logit_layer)
         self.map_shape = tuple(int(d) for d in self.feature_model.outputs[0].shape[1:3])
         self._fn = _build_fn(self.feature_model, self.head, jit=jit)
-        # Whether a batch of any size runs without compiling again (TensorFlow without XLA,
-        # PyTorch); compiled steps (XLA, jax.jit) want one batch size: callers pad to it.
-        backend = keras.backend.backend()
-        self.any_batch_size = backend == "torch" or (backend == "tensorflow" and not jit)
 
     def __call__(self, x) -> tuple[np.ndarray, np.ndarray]:
         prob, cam = self._fn(np.asarray(x, dtype=np.float32))
@@ -300,11 +294,11 @@ def _gradients_tensorflow(feature_model, head, *, jit: bool):
         grads = tape.gradient(total, features)
         return tf.cast(prob, tf.float32), cam_from_gradients(features, grads)
 
-    if jit:  # XLA compiles each batch shape: callers pad batches to one size
+    if jit:  # XLA compiles each batch shape
         run = tf.function(body, jit_compile=True, reduce_retracing=True)
     else:
         # Traced once for every batch size: a second size cost ResNet50 a 1.3 s retrace on
-        # a 2-core CPU, a graph of any size 0.17 s for its first batch of 17.
+        # a 2-core CPU, this graph 0.17 s for its first batch of 17.
         spec = tf.TensorSpec([None, *feature_model.inputs[0].shape[1:]], tf.float32)
         run = tf.function(body, input_signature=[spec])
 

@@ -78,56 +78,16 @@ def plan_dense_tiles(
     grid, stride: int, margin_t: int, region_t: int = 1024, rows: np.ndarray | None = None
 ) -> list:
     """Tiles covering every patch of ``grid`` (or its ``rows``) once, reading as few pixels as
-    it can.
-
-    The grid is cut into blocks of ``k x k`` positions (``k``: as many strides as fit in
-    ``region_t`` with the margins); a block's tile is the bounding box of its kept patches
-    grown by ``margin_t`` target px on every side (so a cell at a tissue edge sees the slide
-    there, glass, not the layers' zero padding, and the map does not depend on the tiling). A
-    tile is split in two (recursively) where that reads fewer pixels, margins included: tissue
-    edges leave much of a block empty. Returns ``Region`` objects (target-plane box ``t_xy``,
-    ``t_wh``; grid rows ``index``).
+    it can: the scan's own reading regions (``wsi_saliency.slide.loader.plan_regions``), each
+    grown by ``margin_t`` target px on every side, so a cell at a tissue edge sees the slide
+    there, glass, not the layers' zero padding, and the map does not depend on the tiling.
 
     ``grid.stride_t`` and ``grid.patch_t`` must be multiples of ``stride`` (checked by the
     caller) and so is ``margin_t``: every tile's origin and size are on the slide's feature
     lattice."""
-    from wsi_saliency.slide.loader import Region
+    from wsi_saliency.slide.loader import plan_regions
 
-    rows = np.arange(len(grid)) if rows is None else np.asarray(rows, np.int64)
-    if len(rows) == 0:
-        return []
-    patch_t, stride_t, m = grid.patch_t, grid.stride_t, int(margin_t)
-    k = max(1, (int(region_t) - patch_t - 2 * m) // stride_t + 1)
-
-    def box(idx: np.ndarray) -> tuple[int, int, int, int]:
-        """Target-plane (x0, y0, x1, y1) of the patches ``idx`` with their margins."""
-        x0, y0 = (int(v) - m for v in grid.t_xy[idx].min(axis=0))
-        x1, y1 = (int(v) + patch_t + m for v in grid.t_xy[idx].max(axis=0))
-        return x0, y0, x1, y1
-
-    def area(b: tuple[int, int, int, int]) -> int:
-        return (b[2] - b[0]) * (b[3] - b[1])
-
-    def tiles_of(idx: np.ndarray) -> list:
-        b = box(idx)
-        best, parts = area(b), None
-        rc = grid.grid_rc[idx]
-        for axis in (0, 1):
-            for cut in np.unique(rc[:, axis])[1:]:
-                low = rc[:, axis] < cut
-                cost = area(box(idx[low])) + area(box(idx[~low]))
-                if cost < best:
-                    best, parts = cost, (idx[low], idx[~low])
-        if parts is None:
-            return [Region((b[0], b[1]), (b[2] - b[0], b[3] - b[1]), idx)]
-        return tiles_of(parts[0]) + tiles_of(parts[1])
-
-    block_rc = grid.grid_rc[rows] // k
-    n_bc = int(block_rc[:, 1].max()) + 1
-    keys = block_rc[:, 0] * n_bc + block_rc[:, 1]
-    order = rows[np.argsort(keys, kind="stable")]
-    cuts = np.flatnonzero(np.diff(np.sort(keys, kind="stable"))) + 1
-    return [tile for idx in np.split(order, cuts) for tile in tiles_of(idx)]
+    return plan_regions(grid, region_t, margin_t=margin_t, rows=rows)
 
 
 def dense_tiles(grid, dense, region_t: int = 1024, rows: np.ndarray | None = None) -> list:

@@ -173,14 +173,13 @@ class PatchScorer:
         batch_size: int | None = None,
         jit: bool = True,
     ):
-        import keras
-
         from wsi_saliency.model.gradcam import GradCam, forward_fn
 
         self.model = model
         self.tta = tta
-        # Batches are padded to one size where a step is compiled per shape (XLA, jax.jit):
-        # a slide's last, partial batch would otherwise compile again.
+        # Batches are padded to one size: a patch's numbers then do not depend on which batch
+        # it lands in (kernels differ by batch size; threads deliver regions in any order),
+        # and a compiled step (XLA, jax.jit) is not compiled again for a slide's last batch.
         self.batch_size = batch_size
         self.layer = layer or card.gradcam_layer
         self.logit_layer = card.logit_layer
@@ -190,10 +189,6 @@ class PatchScorer:
         # Without Grad-CAM, the probability alone: the same uncompiled graph on TensorFlow
         # (Keras' predict_on_batch compiles it with XLA: slower on a CPU, and once per shape)
         self._forward = None if gradcam else forward_fn(model, jit=jit)
-        if self.gradcam is not None:
-            self.any_batch_size = self.gradcam.any_batch_size
-        else:
-            self.any_batch_size = keras.backend.backend() in ("tensorflow", "torch") or not jit
         self._dense = None
 
     def dense(self):
@@ -222,7 +217,7 @@ class PatchScorer:
     def _once(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         n = len(x)
         size = (8 if self.tta else 1) * (self.batch_size or 0)
-        if n < size and not self.any_batch_size:
+        if n < size:
             x = np.concatenate([x, np.zeros((size - n, *x.shape[1:]), x.dtype)])
         if self.gradcam is not None:
             prob, cam = self.gradcam(x)

@@ -84,24 +84,59 @@ class Region:
         return x, y, round(self.t_wh[0] * l0_per_t), round(self.t_wh[1] * l0_per_t)
 
 
-def plan_regions(grid: TileGrid, region_t: int = 1024) -> list[Region]:
-    """Group the grid's patches into blocks of about ``region_t`` target px (row-major order)."""
-    if len(grid) == 0:
+def plan_regions(
+    grid: TileGrid,
+    region_t: int = 1024,
+    *,
+    margin_t: int = 0,
+    rows: np.ndarray | None = None,
+) -> list[Region]:
+    """Regions that read every patch of ``grid`` (or its ``rows``) once, reading as few pixels
+    as they can.
+
+    The grid is cut into blocks of ``k x k`` positions (``k``: as many strides as fit in
+    ``region_t`` with the margins), in row-major order of the blocks; a block's region is the
+    bounding box of its patches grown by ``margin_t`` target px on every side (the dense
+    Grad-CAM map's context; 0 for the scan's reads). A region is split in two (recursively)
+    where that reads fewer pixels, margins included: tissue edges and sparse tissue leave much
+    of a block empty (CMU-1-Small-Region tiled 4 x 4: 1.89x the patches' pixels read as
+    blocks, 1.05x split). Returns ``Region`` objects (target-plane box ``t_xy``, ``t_wh``;
+    grid rows ``index``)."""
+    rows = np.arange(len(grid)) if rows is None else np.asarray(rows, np.int64)
+    if len(rows) == 0:
         return []
-    patch_t, stride_t = grid.patch_t, grid.stride_t
-    k = max(1, (int(region_t) - patch_t) // stride_t + 1)  # grid steps per block side
-    block_rc = grid.grid_rc // k
+    patch_t, stride_t, m = grid.patch_t, grid.stride_t, int(margin_t)
+    k = max(1, (int(region_t) - patch_t - 2 * m) // stride_t + 1)
+
+    def box(idx: np.ndarray) -> tuple[int, int, int, int]:
+        """Target-plane (x0, y0, x1, y1) of the patches ``idx`` with their margins."""
+        x0, y0 = (int(v) - m for v in grid.t_xy[idx].min(axis=0))
+        x1, y1 = (int(v) + patch_t + m for v in grid.t_xy[idx].max(axis=0))
+        return x0, y0, x1, y1
+
+    def area(b: tuple[int, int, int, int]) -> int:
+        return (b[2] - b[0]) * (b[3] - b[1])
+
+    def split(idx: np.ndarray) -> list[Region]:
+        b = box(idx)
+        best, parts = area(b), None
+        rc = grid.grid_rc[idx]
+        for axis in (0, 1):
+            for cut in np.unique(rc[:, axis])[1:]:
+                low = rc[:, axis] < cut
+                cost = area(box(idx[low])) + area(box(idx[~low]))
+                if cost < best:
+                    best, parts = cost, (idx[low], idx[~low])
+        if parts is None:
+            return [Region((b[0], b[1]), (b[2] - b[0], b[3] - b[1]), idx)]
+        return split(parts[0]) + split(parts[1])
+
+    block_rc = grid.grid_rc[rows] // k
     n_bc = int(block_rc[:, 1].max()) + 1
     keys = block_rc[:, 0] * n_bc + block_rc[:, 1]
-    order = np.argsort(keys, kind="stable")
-    cuts = np.flatnonzero(np.diff(keys[order])) + 1
-    regions = []
-    for idx in np.split(order, cuts):
-        t_xy = grid.t_xy[idx]
-        x0, y0 = t_xy.min(axis=0)
-        x1, y1 = t_xy.max(axis=0) + patch_t
-        regions.append(Region((int(x0), int(y0)), (int(x1 - x0), int(y1 - y0)), idx))
-    return regions
+    order = rows[np.argsort(keys, kind="stable")]
+    cuts = np.flatnonzero(np.diff(np.sort(keys, kind="stable"))) + 1
+    return [region for idx in np.split(order, cuts) for region in split(idx)]
 
 
 def read_target_region(
@@ -218,7 +253,8 @@ def iter_patch_batches(
 
     ``open_reader`` makes a new reader (called once per worker; a path opens the slide
     with OpenSlide). ``workers=0`` reads in the calling thread (no threads). ``queue_size``
-    bounds the decoded regions waiting for the consumer (default ``2 * workers``).
+    bounds the decoded regions waiting for the consumer (default: ``2 * workers``, or more
+    where regions are small, as on sparse tissue, to hold about two batches).
     ``resample``: Pillow filter used when the plan resamples ("lanczos", "bicubic",
     "bilinear" or "box"; all anti-aliased when shrinking). ``processes``: read on
     ``workers`` processes instead of threads (``open_reader`` must then be the slide's path).
@@ -241,6 +277,8 @@ def iter_patch_batches(
     name_box = {"name": "the slide"}
     if not regions:
         return _no_batches()
+    if queue_size is None:  # regions of a few patches each must not starve the model
+        queue_size = max(2 * workers, math.ceil(2 * batch_size * len(regions) / len(grid)))
     if workers == 0:
         return _iter_inline(open_reader, plan, grid, regions, batch_size, resample, name_box)
     if processes and can_spawn():
@@ -255,7 +293,7 @@ def iter_patch_batches(
         batch_size,
         resample,
         workers,
-        queue_size or 2 * workers,
+        queue_size,
         name_box,
     )
 
@@ -462,13 +500,13 @@ def _iter_processes(
     batch_size: int,
     resample: str,
     workers: int,
-    queue_size: int | None,
+    queue_size: int,
 ) -> Iterator[PatchBatch]:
     from concurrent.futures import FIRST_COMPLETED, wait
     from concurrent.futures.process import BrokenProcessPool
 
     pool = reading_pool(workers)
-    ahead = workers + (queue_size or 2 * workers)  # regions in flight or waiting, at most
+    ahead = workers + queue_size  # regions in flight or waiting, at most
     todo = iter(regions)
     pending: dict[Any, Region] = {}
     batcher = _Batcher(batch_size)
