@@ -28,6 +28,8 @@ def steady_clock(monkeypatch):
     ticks = iter(range(10**6))
     fake = types.SimpleNamespace(perf_counter=lambda: float(next(ticks)))
     monkeypatch.setattr(cohort, "time", fake)
+    # a layout made ahead (in another thread) counts its own seconds into the slide's: none
+    monkeypatch.setattr(pipeline, "time", types.SimpleNamespace(perf_counter=lambda: 0.0))
 
 
 def _interrupt_at(monkeypatch, stem):

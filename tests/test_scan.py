@@ -84,6 +84,8 @@ def test_scan_writes_every_output_with_frames_and_provenance(slide, tiny_model, 
     assert summary["patches_scored"] == n and summary["read_level"] == 0
     assert 0 <= summary["score_max"] <= 1 and summary["area_above_threshold_mm2"] >= 0
     assert summary["patches_per_s"] > 0 and summary["timings_s"]["total_s"] > 0
+    # the slide's seconds (scan and outputs) hold its scan, layout made ahead included
+    assert summary["seconds"] >= summary["timings_s"]["total_s"]
     assert summary["reader"] == "threads"  # auto on a CPU
     # auto: compiled on JAX; on TensorFlow only with a GPU (XLA was the slower on a CPU)
     assert summary["gradcam_compiled"] is (backend_name() == "jax")

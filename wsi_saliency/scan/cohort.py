@@ -338,6 +338,7 @@ def scan_one(
     try:
         if layout is not None:
             stage1 = {"layout": layout.result()}
+            t0 -= stage1["layout"].seconds  # the slide's time counts its layout, made ahead
         else:
             stage1 = slide_masks(slide, tissue_masks, rois)
         result = scan_slide(
