@@ -212,3 +212,24 @@ def test_the_console_script_exits_at_once_with_its_status_and_output(mode, args,
     assert ("teardown ran" in res.stdout) is (mode == "thread")
     if code == 2:
         assert "Missing argument" in res.stderr or "Usage" in res.stderr
+
+
+def test_commands_do_not_print_tensorflows_import_notices():
+    """TensorFlow 2.2x writes absl and oneDNN notices on every import, whatever
+    TF_CPP_MIN_LOG_LEVEL says; the command line holds them back (not with --debug)."""
+    from wsi_saliency.backend import drop_import_noise
+
+    res = subprocess.run(
+        [sys.executable, "-m", "wsi_saliency", "info"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"},
+    )
+    assert res.returncode == 0, res.stderr
+    assert "absl::InitializeLog" not in res.stderr and "oneDNN" not in res.stderr, res.stderr
+    noise = (
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+        "I0000 00:00:1 1 port.cc:153] oneDNN custom operations are on. You may see ...\n"
+    )
+    assert drop_import_noise(noise + "a real warning\n" + noise) == "a real warning\n"

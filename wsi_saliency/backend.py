@@ -10,6 +10,55 @@ from dataclasses import dataclass
 
 from wsi_saliency.errors import InputError
 
+# What TensorFlow 2.2x writes to stderr on every import, whatever TF_CPP_MIN_LOG_LEVEL says
+# (its C++ logging is not set up yet): the two lines of each notice, held back by
+# import_keras_quietly.
+IMPORT_NOISE = (
+    "All log messages before absl::InitializeLog() is called are written to STDERR",
+    "oneDNN custom operations are on",
+    "This TensorFlow binary is optimized to use available CPU instructions",
+    "To enable the following instructions:",
+    "rebuild TensorFlow with the appropriate compiler flags",
+)
+
+
+def import_keras_quietly() -> None:
+    """Import Keras (and its backend) without TensorFlow's import notices on stderr when
+    ``TF_CPP_MIN_LOG_LEVEL`` asks for quiet (2 or more; the command line sets 2 unless
+    ``--debug``). Only the lines of ``IMPORT_NOISE`` are dropped: anything else written to
+    stderr meanwhile (another thread's warning, a failing import's message) is written
+    after. Elsewhere (a notebook, ``--debug``), a plain import."""
+    import os
+    import sys
+    import tempfile
+
+    quiet = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0").strip() in ("2", "3")
+    if "keras" in sys.modules or not quiet:
+        import keras  # noqa: F401
+
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            import keras  # noqa: F401
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            kept = drop_import_noise(held.read().decode(errors="replace"))
+            if kept:
+                sys.stderr.write(kept)
+                sys.stderr.flush()
+
+
+def drop_import_noise(text: str) -> str:
+    """``text`` without the lines of ``IMPORT_NOISE``."""
+    lines = text.splitlines(keepends=True)
+    return "".join(line for line in lines if not any(n in line for n in IMPORT_NOISE))
+
 
 def backend_name() -> str:
     import keras

@@ -40,10 +40,12 @@ def cli_errors() -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
-def prepare_backend() -> None:
+def prepare_backend(*, import_now: bool = True) -> None:
     """Call before Keras is imported: TensorFlow stays quiet (unless --debug), TensorFlow is
     the default backend, and ``--device`` is applied: ``cpu`` hides the GPUs from every
-    backend, ``gpu`` fails with one line when the backend sees none."""
+    backend, ``gpu`` fails with one line when the backend sees none. Keras is then imported
+    (quietly: ``import_keras_quietly``), unless ``import_now`` is False (a scan imports it
+    while it lays out its first slide)."""
     import os
 
     if not STATE.debug:
@@ -54,9 +56,14 @@ def prepare_backend() -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
         os.environ["JAX_PLATFORMS"] = "cpu"
     elif STATE.device == "gpu":
-        from wsi_saliency.backend import require_gpu
+        from wsi_saliency.backend import import_keras_quietly, require_gpu
 
+        import_keras_quietly()
         require_gpu()
+    if import_now:
+        from wsi_saliency.backend import import_keras_quietly
+
+        import_keras_quietly()
 
 
 BACKEND_EXTRAS = (

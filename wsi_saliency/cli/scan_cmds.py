@@ -133,7 +133,7 @@ def scan_command(
         from wsi_saliency.outputs.atomic import ensure_writable_dir
 
         ensure_writable_dir(out)
-        prepare_backend()
+        prepare_backend(import_now=cluster is not None or scheduler is not None)
         run = dict(
             overwrite=overwrite,
             progress=not quiet,

@@ -274,6 +274,9 @@ class Scanner:
 
 def load_scanner(model_path: Path, cfg: ScanConfig) -> Scanner:
     """Load the model at ``model_path`` (under ``cfg.mixed_precision``) and its scorer."""
+    from wsi_saliency.backend import import_keras_quietly
+
+    import_keras_quietly()  # a no-op once Keras is in
     from wsi_saliency.model.io import load_model, software_versions
     from wsi_saliency.scan.pipeline import PatchScorer
 
