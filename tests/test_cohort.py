@@ -92,3 +92,8 @@ def test_slides_are_laid_out_one_ahead_of_the_model(slides, monkeypatch):
         assert calls == ["a", "b", "c"]
     finally:
         ahead.close()
+    twice = cohort.LayoutsAhead([slides[0], slides[0]], None, ScanConfig(), lambda slide: {})
+    try:  # a slide listed twice (a notebook's list) is laid out twice, in order
+        assert [twice.take(slides[0]).result() for _ in range(2)] == ["a", "a"]
+    finally:
+        twice.close()

@@ -20,6 +20,7 @@ import io
 import json
 import shutil
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -405,13 +406,14 @@ class LayoutsAhead:
     of the model, in a background thread: the first while TensorFlow and the model load, each
     next one while the model works on the one before. ``take(slide)`` hands over the slide's
     future (its exception, if any, is raised by ``result()``, inside ``scan_one``) and starts
-    the next. At most two layouts are held at once."""
+    the next; slides are taken in the order given (a slide listed twice is laid out twice).
+    At most two layouts are held at once."""
 
     def __init__(self, slides: list[Path], card, cfg: ScanConfig, masks: Callable[[Path], dict]):
         self._slides = list(slides)
         self._card, self._cfg, self._masks = card, cfg, masks
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="wsi-saliency-layout")
-        self._futures: dict[Path, Future] = {}
+        self._futures: deque[tuple[Path, Future]] = deque()
         self._next = 0
         self._start_next()
 
@@ -424,15 +426,17 @@ class LayoutsAhead:
         if self._next < len(self._slides):
             slide = self._slides[self._next]
             self._next += 1
-            self._futures[slide] = self._pool.submit(self._lay_out, slide)
+            self._futures.append((slide, self._pool.submit(self._lay_out, slide)))
 
     def take(self, slide: Path) -> Future:
-        future = self._futures.pop(slide)
+        expected, future = self._futures.popleft()
+        if expected != slide:
+            raise RuntimeError(f"layouts are taken in order: {expected} is next, not {slide}")
         self._start_next()
         return future
 
     def close(self) -> None:
-        for future in self._futures.values():
+        for _, future in self._futures:
             future.cancel()
         self._pool.shutdown(wait=True)
 
