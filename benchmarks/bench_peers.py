@@ -290,16 +290,13 @@ def our_model(folder: Path) -> Path:
         f"""
         import keras
         from wsi_saliency.config import ModelConfig
-        from wsi_saliency.model.build import BACKBONE_SPECS, build_model
+        from wsi_saliency.model.build import build_model
         from wsi_saliency.model.io import ModelCard, save_model, software_versions
         keras.utils.set_random_seed(0)
-        spec = BACKBONE_SPECS["resnet50"]
-        model = build_model(ModelConfig(backbone="resnet50", weights="none",
-                                        patch_size={PATCH}, patch_mpp={PATCH_MPP}))
-        card = ModelCard(backbone="resnet50", patch_size={PATCH}, patch_mpp={PATCH_MPP},
-                         gradcam_layer=spec.gradcam_layer, preprocess=spec.preprocess,
-                         versions=software_versions())
-        save_model(model, card, {str(path)!r})
+        cfg = ModelConfig(backbone="resnet50", weights="none", patch_size={PATCH},
+                          patch_mpp={PATCH_MPP})
+        card = ModelCard.for_config(cfg, versions=software_versions())
+        save_model(build_model(cfg), card, {str(path)!r})
         """
     )
     folder.mkdir(parents=True, exist_ok=True)

@@ -239,7 +239,7 @@ def main() -> None:
 
     import_s = time.perf_counter() - t
     from wsi_saliency.config import ModelConfig, ScanConfig, default_workers
-    from wsi_saliency.model.build import BACKBONE_SPECS, build_model
+    from wsi_saliency.model.build import build_model
     from wsi_saliency.model.io import ModelCard, save_model
 
     workers = args.workers or default_workers()
@@ -252,16 +252,10 @@ def main() -> None:
                 rows.append(run_case("tiny", args.slide, "pcam-ai4all", cfg, out))
         if "resnet50" in args.cases:
             keras.utils.set_random_seed(0)  # the same random weights every run
-            spec = BACKBONE_SPECS["resnet50"]
+            model_cfg = ModelConfig(backbone="resnet50", weights="none")
             path = save_model(
-                build_model(ModelConfig(backbone="resnet50", weights="none")),
-                ModelCard(
-                    backbone="resnet50",
-                    patch_size=96,
-                    patch_mpp=0.972,
-                    gradcam_layer=spec.gradcam_layer,
-                    preprocess=spec.preprocess,
-                ),
+                build_model(model_cfg),
+                ModelCard.for_config(model_cfg),
                 out / "resnet50-random.keras",
             )
             roi = roi_box = None  # --roi-patches 0: the whole slide

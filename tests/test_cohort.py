@@ -71,21 +71,23 @@ def test_cohort_csv_after_interruptions_equals_a_clean_run(
 def test_slides_are_laid_out_one_ahead_of_the_model(slides, monkeypatch):
     """The first layout starts at once (beside the model's loading); each next one when the
     slide before it is handed over; never further ahead."""
-    import time
+    import threading
 
     calls = []
+    started = {slide.stem: threading.Event() for slide in slides}
 
     def lay_out_slide(slide, card, cfg, **masks):
         calls.append(slide.stem)
+        started[slide.stem].set()
         return slide.stem
 
     monkeypatch.setattr(pipeline, "lay_out_slide", lay_out_slide)
     ahead = cohort.LayoutsAhead(slides, None, ScanConfig(), lambda slide: {})
     try:
-        time.sleep(0.2)
+        assert started["a"].wait(10)
         assert calls == ["a"]
         assert ahead.take(slides[0]).result() == "a"
-        time.sleep(0.2)
+        assert started["b"].wait(10)
         assert calls == ["a", "b"]  # started when a was handed over, not c yet
         assert ahead.take(slides[1]).result() == "b"
         assert ahead.take(slides[2]).result() == "c"

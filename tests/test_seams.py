@@ -277,7 +277,7 @@ def test_dense_map_does_not_depend_on_how_the_slide_is_tiled(tiny, lesion_slide)
 
 
 def test_dense_tiles_cover_every_patch_once_on_the_feature_lattice():
-    from wsi_saliency.scan.dense import plan_dense_tiles
+    from wsi_saliency.slide.loader import plan_regions
     from wsi_saliency.slide.tiling import TileGrid
 
     # Two tissue islands on a 12 x 12 grid: a 6 x 6 block and a lone patch far from it.
@@ -294,7 +294,7 @@ def test_dense_tiles_cover_every_patch_once_on_the_feature_lattice():
         l0_per_t=1.0,
         l0_size_wh=(1152, 1152),
     )
-    tiles = plan_dense_tiles(grid, 8, 24, region_t=96 * 3 + 48)  # blocks of 3 x 3 positions
+    tiles = plan_regions(grid, 96 * 3 + 48, margin_t=24)  # blocks of 3 x 3 positions
     index = np.sort(np.concatenate([t.index for t in tiles]))
     np.testing.assert_array_equal(index, np.arange(len(rc)))
     lone = [t for t in tiles if list(t.index) == [len(rc) - 1]]
@@ -317,7 +317,7 @@ def test_dense_tiles_cover_every_patch_once_on_the_feature_lattice():
         l0_per_t=1.0,
         l0_size_wh=(288, 288),
     )
-    tiles = plan_dense_tiles(sparse, 8, 24, region_t=96 * 3 + 48)
+    tiles = plan_regions(sparse, 96 * 3 + 48, margin_t=24)
     assert sorted(t.t_wh for t in tiles) == [(144, 144), (144, 144)]
 
 

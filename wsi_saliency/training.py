@@ -390,16 +390,10 @@ def _atomic_save_keras(obj, path: Path) -> None:
 
 
 def _card(cfg: RunConfig, metrics: dict[str, Any]):
-    from wsi_saliency.model.build import BACKBONE_SPECS, LOGIT_LAYER, gradcam_layer_name
     from wsi_saliency.model.io import ModelCard, software_versions
 
-    return ModelCard(
-        backbone=cfg.model.backbone,
-        patch_size=cfg.model.patch_size,
-        patch_mpp=cfg.model.patch_mpp,
-        gradcam_layer=gradcam_layer_name(cfg.model),
-        preprocess=BACKBONE_SPECS[cfg.model.backbone].preprocess,
-        logit_layer=LOGIT_LAYER,
+    return ModelCard.for_config(
+        cfg.model,
         config=cfg.to_dict(),
         metrics=metrics,
         seed=cfg.train.seed,

@@ -55,15 +55,14 @@ def prepare_backend(*, import_now: bool = True) -> None:
     if STATE.device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
         os.environ["JAX_PLATFORMS"] = "cpu"
-    elif STATE.device == "gpu":
-        from wsi_saliency.backend import import_keras_quietly, require_gpu
-
-        import_keras_quietly()
-        require_gpu()
-    if import_now:
+    if import_now or STATE.device == "gpu":
         from wsi_saliency.backend import import_keras_quietly
 
         import_keras_quietly()
+    if STATE.device == "gpu":
+        from wsi_saliency.backend import require_gpu
+
+        require_gpu()
 
 
 BACKEND_EXTRAS = (

@@ -57,6 +57,22 @@ class ModelCard:
         return json.dumps(data, indent=2, sort_keys=True, default=str)
 
     @classmethod
+    def for_config(cls, model_cfg, **fields) -> ModelCard:
+        """The card of ``build_model(model_cfg)``: backbone, patch size and mpp, Grad-CAM layer
+        and preprocessing from the model config; ``fields`` fill the rest (metrics, ...)."""
+        from wsi_saliency.model.build import BACKBONE_SPECS, LOGIT_LAYER, gradcam_layer_name
+
+        return cls(
+            backbone=model_cfg.backbone,
+            patch_size=model_cfg.patch_size,
+            patch_mpp=model_cfg.patch_mpp,
+            gradcam_layer=gradcam_layer_name(model_cfg),
+            preprocess=BACKBONE_SPECS[model_cfg.backbone].preprocess,
+            logit_layer=LOGIT_LAYER,
+            **fields,
+        )
+
+    @classmethod
     def from_json(cls, text: str) -> ModelCard:
         data = json.loads(text)
         known = {f for f in cls.__dataclass_fields__}

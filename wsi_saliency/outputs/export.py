@@ -155,24 +155,22 @@ def write_exports(
                 description=about,
             )
         )
-    t0 = time.perf_counter()
-    regions = find_regions(maps.heatmap_prob, maps.prob_downsample, t, maps.slide_dimensions)
-    patch_args = None
-    colours = None
-    if patches:
-        patch_args = (maps.coords, maps.prob, maps.patch_size_l0)
-        colours = colourise(np.asarray(maps.prob, np.float32)[None, :], PROBABILITY_SCALE)[0]
-    collection = regions_geojson(
-        regions,
-        slide_name=maps.slide_name,
-        slide_mpp=maps.slide_mpp,
-        slide_dimensions=maps.slide_dimensions,
-        threshold=t,
-        patches=patch_args,
-        patch_colours=colours,
-    )
-    written.append(write_regions_geojson(folder / "regions.geojson", collection))
-    timings["regions.geojson"] = time.perf_counter() - t0  # finding the regions included
+    with timed(timings, "regions.geojson"):  # finding the regions included
+        regions = find_regions(maps.heatmap_prob, maps.prob_downsample, t, maps.slide_dimensions)
+        patch_args = colours = None
+        if patches:
+            patch_args = (maps.coords, maps.prob, maps.patch_size_l0)
+            colours = colourise(np.asarray(maps.prob, np.float32)[None, :], PROBABILITY_SCALE)[0]
+        collection = regions_geojson(
+            regions,
+            slide_name=maps.slide_name,
+            slide_mpp=maps.slide_mpp,
+            slide_dimensions=maps.slide_dimensions,
+            threshold=t,
+            patches=patch_args,
+            patch_colours=colours,
+        )
+        written.append(write_regions_geojson(folder / "regions.geojson", collection))
     with timed(timings, "regions.xml"):
         written.append(write_regions_xml(folder / "regions.xml", regions))
     return written

@@ -41,7 +41,6 @@ __all__ = [
     "dense_slide_map",
     "dense_tile_side",
     "dense_tiles",
-    "plan_dense_tiles",
 ]
 
 
@@ -74,27 +73,18 @@ def dense_tile_side(margin_t: int, region_t: int = 1024) -> int:
     return max(int(region_t) // 2, 32 * int(margin_t))
 
 
-def plan_dense_tiles(
-    grid, stride: int, margin_t: int, region_t: int = 1024, rows: np.ndarray | None = None
-) -> list:
-    """Tiles covering every patch of ``grid`` (or its ``rows``) once, reading as few pixels as
-    it can: the scan's own reading regions (``wsi_saliency.slide.loader.plan_regions``), each
-    grown by ``margin_t`` target px on every side, so a cell at a tissue edge sees the slide
-    there, glass, not the layers' zero padding, and the map does not depend on the tiling.
-
-    ``grid.stride_t`` and ``grid.patch_t`` must be multiples of ``stride`` (checked by the
-    caller) and so is ``margin_t``: every tile's origin and size are on the slide's feature
-    lattice."""
-    from wsi_saliency.slide.loader import plan_regions
-
-    return plan_regions(grid, region_t, margin_t=margin_t, rows=rows)
-
-
 def dense_tiles(grid, dense, region_t: int = 1024, rows: np.ndarray | None = None) -> list:
     """The tiles :func:`dense_slide_map` reads for ``grid`` (or its ``rows``) with ``dense`` (a
-    ``DenseGradCam``): margins from its receptive field, blocks from :func:`dense_tile_side`."""
+    ``DenseGradCam``): the scan's own reading regions (``wsi_saliency.slide.loader.
+    plan_regions``) in blocks of :func:`dense_tile_side`, each grown by a margin from the
+    receptive field, so a cell at a tissue edge sees the slide there, glass, not the layers'
+    zero padding, and the map does not depend on the tiling. ``grid.stride_t`` and
+    ``grid.patch_t`` must be multiples of ``dense.stride`` (checked by the caller), and so is
+    the margin: every tile's origin and size are on the slide's feature lattice."""
+    from wsi_saliency.slide.loader import plan_regions
+
     margin = dense_margin(dense.receptive_field, dense.stride, grid.patch_t)
-    return plan_dense_tiles(grid, dense.stride, margin, dense_tile_side(margin, region_t), rows)
+    return plan_regions(grid, dense_tile_side(margin, region_t), margin_t=margin, rows=rows)
 
 
 def dense_rows(grid, patch_cams: np.ndarray, dense_min: float) -> np.ndarray:

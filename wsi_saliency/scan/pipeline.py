@@ -528,7 +528,7 @@ def scan_slide(
             progress=f"{path.name} Grad-CAM" if progress else None,
             patch_cams=scores.gradcam,
             dense_min=cfg.gradcam_dense_min,
-            slide_path=path if read_in_processes(cfg) else None,
+            slide_path=path if cfg.reader == "processes" else None,  # resolved above
         )
         heat_cam, cam_ds = dense_map.heatmap, dense_map.l0_per_cell
         timings.update(dense_map.timings)

@@ -79,10 +79,11 @@ _HSV_CHUNK_PX = 1 << 20
 
 
 def _hsv_chunks(
-    rgb: np.ndarray, min_saturation: float, hue_range: tuple[float, float]
-) -> Iterator[tuple[slice, np.ndarray, np.ndarray, np.ndarray]]:
+    rgb: np.ndarray, min_saturation: float, hue_range: tuple[float, float] | None
+) -> Iterator[tuple[slice, np.ndarray, np.ndarray, np.ndarray | None]]:
     """``(rows, saturation, value, pen)`` over row bands of an RGB image: skimage's HSV
-    saturation and value (float64) and the :func:`pen_mask` test of each band.
+    saturation and value (float64) and the :func:`pen_mask` test of each band (None without
+    a ``hue_range``: no pen test, no hue computed).
 
     Saturation and value depend only on a pixel's largest and smallest channel, so they come
     from a 256 x 256 table that ``rgb2hsv`` itself fills; the hue (needed only for the pen
@@ -102,7 +103,7 @@ def _hsv_chunks(
 
         rgb = img_as_ubyte(rgb) if rgb.dtype.kind == "f" else np.clip(rgb, 0, 255).astype(np.uint8)
     # red strictly the largest: hue in [0, 1/6) or (5/6, 1), so outside such a range
-    skip_red = hue_range[0] >= 1 / 6 and hue_range[1] <= 5 / 6
+    skip_red = hue_range is not None and hue_range[0] >= 1 / 6 and hue_range[1] <= 5 / 6
     sat_lut, val_lut = _sat_val_tables()
     step = max(1, _HSV_CHUNK_PX // max(1, rgb.shape[1]))
     for r0 in range(0, rgb.shape[0], step):
@@ -111,6 +112,9 @@ def _hsv_chunks(
         r, g, b = band[..., 0], band[..., 1], band[..., 2]
         hi, lo = np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)
         sat, val = sat_lut[hi, lo], val_lut[hi]
+        if hue_range is None:
+            yield rows, sat, val, None
+            continue
         maybe = (sat >= min_saturation) & (val > 0.1)
         if skip_red:
             maybe &= r < hi
@@ -208,7 +212,8 @@ def tissue_mask(
     black = np.empty(shape, bool)
     glass = np.empty(shape, bool)
     pen = np.zeros(shape, bool)
-    for rows, s, v, p in _hsv_chunks(thumbnail_rgb, PEN_MIN_SATURATION, PEN_HUE_RANGE):
+    pen_hues = PEN_HUE_RANGE if exclude_pen else None
+    for rows, s, v, p in _hsv_chunks(thumbnail_rgb, PEN_MIN_SATURATION, pen_hues):
         sat[rows] = s
         black[rows] = v < black_value
         glass[rows] = (v > white_value) & (s < 0.1)
