@@ -149,6 +149,19 @@ def test_a_patchs_numbers_do_not_depend_on_the_batch_it_lands_in(tiny, jit):
     np.testing.assert_allclose(cam_part, cam[4:], rtol=1e-4, atol=1e-6)
 
 
+def test_a_slide_is_cut_into_equal_batches_where_shapes_cost_nothing(tiny):
+    """Uncompiled: equal batches of at most batch_size (no padded tail of wasted work);
+    compiled (XLA, jax.jit: one compile per shape): always batch_size."""
+    from wsi_saliency.scan.pipeline import PatchScorer
+
+    plain = PatchScorer(tiny, _card(), batch_size=64, jit=False)
+    assert [plain.batch_for(n) for n in (1, 64, 65, 81, 128, 129, 1326)] == [
+        1, 64, 33, 41, 64, 43, 64,
+    ]  # fmt: skip
+    assert PatchScorer(tiny, _card(), batch_size=64, jit=True).batch_for(81) == 64
+    assert PatchScorer(tiny, _card(), jit=False).batch_for(81) is None  # no size: no padding
+
+
 def test_gradcam_unknown_layer(tiny):
     with pytest.raises(ModelError, match="Grad-CAM layer"):
         GradCam(tiny, "conv5_block3_out")

@@ -293,6 +293,28 @@ def test_mixed_precision_on_a_bfloat16_cpu_scans_in_bfloat16(slide, tiny_model, 
     assert keras.config.dtype_policy().name == "float32"  # the process's policy is untouched
 
 
+def test_batch_norm_folded_by_default_and_recorded(slide, tiny_model, tmp_path):
+    """scan.fold_batch_norm (on by default): the scan's model has its BNs folded into the
+    convolutions; the outputs say how many, and the figures are the unfolded model's."""
+    got = {}
+    for fold in ("true", "false"):
+        out = tmp_path / fold
+        result = _scan([slide], tiny_model, out, "--set", f"scan.fold_batch_norm={fold}")
+        assert result.exit_code == 0, result.output
+        summary = json.loads((out / "small" / "summary.json").read_text())
+        with h5py.File(out / "small" / "scan.h5") as f:
+            assert f.attrs["batch_norm_folded"] == summary["batch_norm_folded"]
+            assert f.attrs["batch_size"] == summary["batch_size"]
+            n = len(f["prob"])  # equal batches of at most scan.batch_size (64)
+            assert summary["batch_size"] == -(-n // -(-n // 64))
+            got[fold] = {k: f[k][()] for k in ("prob", "gradcam", "heatmap_gradcam")}
+        # the tiny backbone: two Conv2D + BN pairs in each of its four stages
+        assert summary["batch_norm_folded"] == (8 if fold == "true" else 0)
+    for key, value in got["false"].items():
+        scale = float(np.nanmax(np.abs(value))) or 1.0  # heatmaps are NaN off the tissue
+        np.testing.assert_allclose(got["true"][key], value, atol=1e-5 * scale, err_msg=key)
+
+
 def test_mixed_precision_on_a_cpu_without_bfloat16_is_one_line(
     slide, tiny_model, tmp_path, monkeypatch
 ):

@@ -179,6 +179,9 @@ class ScanConfig:
     region: int = 1024  # side of the regions read at once (target px)
     mixed_precision: str = "off"  # off | on (GPU: float16; CPU: bfloat16 if it has it) | auto
     jit_compile: str = "auto"  # XLA / jax.jit for the Grad-CAM pass: auto | on | off
+    # fold each BatchNormalization into the convolution before it when the scan loads the
+    # model (model/fold.py): same model, float32 rounding apart, fewer operations
+    fold_batch_norm: bool = True
     threshold: float = 0.5  # probability above which area is counted as suspicious
     top_k: int = 10  # slide score: mean of the top-k patch probabilities (and the max)
 

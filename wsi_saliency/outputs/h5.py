@@ -11,7 +11,10 @@ Attributes: ``patch_size_l0``, ``stride_l0``, ``heatmap_prob_downsample`` and
 ``format_version`` and ``gradcam_map`` / ``gradcam_map_method`` (how ``heatmap_gradcam`` was
 made: ``"dense"`` or ``"patches"``, and that in words; ``""`` without Grad-CAM),
 ``dtype_policy`` (the Keras policy the backbone computed under: ``float32``, or
-``mixed_bfloat16`` / ``mixed_float16`` with ``scan.mixed_precision``).
+``mixed_bfloat16`` / ``mixed_float16`` with ``scan.mixed_precision``),
+``batch_norm_folded`` (BatchNormalization layers folded into their convolutions,
+``scan.fold_batch_norm``; 0 in files written before it), ``batch_size`` (patches per model
+batch on this slide, at most ``scan.batch_size``; 0 in files written before it).
 
 ``format_version`` 3: ``heatmap_gradcam`` is by default the dense Grad-CAM map
 (``gradcam_map = "dense"``: no patch grid; same formula and scale as the per-patch maps, see
@@ -72,6 +75,8 @@ def write_scan_h5(
         a["gradcam_map_method"] = str(getattr(result, "gradcam_map_method", ""))
         a["gradcam_dense_patches"] = int(getattr(result, "gradcam_dense_patches", -1))
         a["dtype_policy"] = str(getattr(result, "dtype_policy", "float32"))
+        a["batch_norm_folded"] = int(getattr(result, "batch_norm_folded", 0))
+        a["batch_size"] = int(getattr(result, "batch_size", 0))
         a["patch_size_l0"] = float(result.patch_size_l0)
         a["stride_l0"] = float(result.stride_l0)
         a["heatmap_prob_downsample"] = float(result.heatmap_prob_downsample)

@@ -274,7 +274,8 @@ class Scanner:
 
 
 def load_scanner(model_path: Path, cfg: ScanConfig) -> Scanner:
-    """Load the model at ``model_path`` (under ``cfg.mixed_precision``) and its scorer."""
+    """Load the model at ``model_path`` (under ``cfg.mixed_precision``, its batch norms folded
+    with ``cfg.fold_batch_norm``) and its scorer."""
     from wsi_saliency.backend import import_keras_quietly
 
     import_keras_quietly()  # a no-op once Keras is in
@@ -288,6 +289,10 @@ def load_scanner(model_path: Path, cfg: ScanConfig) -> Scanner:
         # the model is converted (load_model): Keras' global policy is left as it is
         policy = precision_policy(cfg.mixed_precision, cpu_bfloat16=True)
     model, card = load_model(model_path, dtype_policy=policy)
+    if cfg.fold_batch_norm:
+        from wsi_saliency.model.fold import fold_batch_norm
+
+        fold_batch_norm(model)  # this model is the scan's own, for inference only
     scorer = PatchScorer.from_config(model, card, cfg)
     return Scanner(Path(model_path), model, card, scorer, software_versions())
 

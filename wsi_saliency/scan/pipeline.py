@@ -65,6 +65,9 @@ class SlideResult:
     gradcam_dense_patches: int = -1  # patches whose map was computed densely (-1: not dense)
     # the Keras dtype policy the backbone computed under: float32, mixed_float16/_bfloat16
     dtype_policy: str = "float32"
+    # BatchNormalization layers folded into their convolutions (model/fold.py)
+    batch_norm_folded: int = 0
+    batch_size: int = 0  # patches per model batch on this slide (at most scan.batch_size)
 
     @property
     def stem(self) -> str:
@@ -116,6 +119,8 @@ class SlideResult:
             "reader": self.config.reader,
             "gradcam_compiled": self.config.jit_compile == "on",
             "dtype_policy": self.dtype_policy,
+            "batch_norm_folded": self.batch_norm_folded,
+            "batch_size": self.batch_size,
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
             "patches_per_s": round(self.n_scored / total, 1) if total else None,
             "model_patches_per_s": (
@@ -214,9 +219,25 @@ class PatchScorer:
             jit=gradcam_jit(cfg.jit_compile),
         )
 
-    def _once(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def batch_for(self, n_patches: int) -> int | None:
+        """The batch size a slide of ``n_patches`` is cut into and padded to.
+
+        An uncompiled graph (TensorFlow on a CPU) takes any batch size without a retrace, so the
+        patches are cut into equal batches of at most ``batch_size``: a slide of 81 patches
+        runs as 2 x 41, not 64 + 17 padded to 64 (47 patches of wasted work). Each slide's
+        batches are all one size, so a patch's numbers still do not depend on which batch it
+        lands in. A compiled step (XLA, jax.jit) compiles each shape: it keeps ``batch_size``.
+        """
+        b = self.batch_size
+        if not b or self.jit or n_patches <= 0:
+            return b
+        return math.ceil(n_patches / math.ceil(n_patches / b))
+
+    def _once(
+        self, x: np.ndarray, pad_to: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         n = len(x)
-        size = (8 if self.tta else 1) * (self.batch_size or 0)
+        size = (8 if self.tta else 1) * (pad_to or self.batch_size or 0)
         if n < size:
             x = np.concatenate([x, np.zeros((size - n, *x.shape[1:]), x.dtype)])
         if self.gradcam is not None:
@@ -225,12 +246,16 @@ class PatchScorer:
         prob = np.asarray(self._forward(x.astype(np.float32)), np.float32)
         return prob.reshape(-1)[:n], None
 
-    def __call__(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def __call__(
+        self, patches: np.ndarray, pad_to: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """``pad_to``: the batch size to pad a short batch to (``batch_for``), default
+        ``batch_size``."""
         if not self.tta:
-            return self._once(patches)
+            return self._once(patches, pad_to)
         b = len(patches)
         views = np.concatenate([dihedral(patches, k) for k in range(8)])
-        prob, cam = self._once(views)
+        prob, cam = self._once(views, pad_to)
         prob = prob.reshape(8, b).mean(axis=0)
         if cam is not None:
             cam = np.mean([undo_dihedral(cam[k * b : (k + 1) * b], k) for k in range(8)], axis=0)
@@ -361,6 +386,7 @@ class PatchScores:
     heatmap_prob_downsample: float
     heatmap_gradcam: np.ndarray | None
     heatmap_gradcam_downsample: float | None
+    batch_size: int = 0  # patches per model batch on this slide (PatchScorer.batch_for)
 
 
 def read_in_processes(cfg: ScanConfig) -> bool:
@@ -406,6 +432,8 @@ def score_patches(
     probs = np.full(n, np.nan, np.float32)
     cams = np.zeros((n, *scorer.map_shape), np.float32)
     model_s = 0.0
+    pad = scorer.batch_for(n)  # every batch of the slide is this size (None: not padded)
+    size = pad or cfg.batch_size
     t = time.perf_counter()
     bar = tqdm(total=n, desc=path.name, unit="patch", disable=not progress, leave=False)
     try:
@@ -413,13 +441,13 @@ def score_patches(
             path if processes else lambda: open_slide(path),
             layout.plan,
             grid,
-            batch_size=scorer.batch_size or cfg.batch_size,  # the size the scorer pads to
+            batch_size=size,
             region_t=cfg.region,
             workers=default_workers() if cfg.workers is None else cfg.workers,
             processes=processes,
         ):
             tm = time.perf_counter()
-            p, cam = scorer(batch.patches)
+            p, cam = scorer(batch.patches, pad_to=pad)
             model_s += time.perf_counter() - tm
             probs[batch.index] = p
             rc = grid.grid_rc[batch.index]
@@ -443,7 +471,13 @@ def score_patches(
         cam_ds = float(cam_stitch.l0_per_cell or grid.patch_l0 / cells)
     timings["stitch_s"] = time.perf_counter() - t
     return PatchScores(
-        probs, cams, heat_prob, float(prob_stitch.l0_per_cell or grid.stride_l0), heat_cam, cam_ds
+        probs,
+        cams,
+        heat_prob,
+        float(prob_stitch.l0_per_cell or grid.stride_l0),
+        heat_cam,
+        cam_ds,
+        batch_size=size,
     )
 
 
@@ -477,6 +511,7 @@ def scan_slide(
     already (``lay_out_slide`` of this ``path``, with its ``tissue`` and ``roi``; those
     arguments are then unused); ``timings_s.total_s`` counts its own seconds.
     """
+    from wsi_saliency.model.fold import folded_count
     from wsi_saliency.slide import open_slide
 
     path = Path(path)
@@ -565,6 +600,8 @@ def scan_slide(
         gradcam_map=cam_method,
         gradcam_dense_patches=n_dense,
         dtype_policy=scorer.model.get_layer(scorer.layer).dtype_policy.name,
+        batch_norm_folded=folded_count(scorer.model),
+        batch_size=scores.batch_size,
     )
 
 
