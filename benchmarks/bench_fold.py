@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import subprocess
 import sys
 import textwrap
 import time
@@ -43,10 +41,10 @@ from _machine import (  # noqa: E402
     write_json_atomic,
 )
 from bench_peers import WORK, our_model  # noqa: E402
-from bench_precision import BUNDLED, SHARED_VALID  # noqa: E402
+from bench_precision import BUNDLED, SHARED_VALID, pcam_validation  # noqa: E402
+from bench_startup import ENV, median, run_script  # noqa: E402
 
 BATCH = 64
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
 
 FIRST_CALL = textwrap.dedent(
     """
@@ -70,16 +68,8 @@ FIRST_CALL = textwrap.dedent(
 ) % {"batch": BATCH}
 
 
-def _report(res: subprocess.CompletedProcess) -> dict:
-    if res.returncode != 0:
-        raise RuntimeError(res.stderr[-2000:])
-    line = next(x for x in res.stdout.splitlines() if x.startswith("BENCH "))
-    return json.loads(line[len("BENCH ") :])
-
-
 def first_call(model: Path, fold: str) -> dict:
-    cmd = [sys.executable, "-c", FIRST_CALL, str(model), fold]
-    return _report(subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=ENV))
+    return run_script(FIRST_CALL, str(model), fold)
 
 
 def steady(model_path: Path, rounds: int, batches: int) -> dict:
@@ -140,18 +130,12 @@ def steady(model_path: Path, rounds: int, batches: int) -> dict:
 
 def agreement(n_patches: int) -> dict:
     """The bundled model on real PCam validation patches, folded against not."""
-    from wsi_saliency.data.folders import list_items, load_patch
     from wsi_saliency.metrics import roc_auc
     from wsi_saliency.model.fold import fold_batch_norm
     from wsi_saliency.model.io import load_model
     from wsi_saliency.scan.pipeline import PatchScorer
 
-    _, items = list_items(SHARED_VALID.parent)
-    valid = items["valid"]
-    rng = np.random.default_rng(0)
-    chosen = [valid[i] for i in sorted(rng.permutation(len(valid))[:n_patches])]
-    x = np.stack([load_patch(p) for p, _ in chosen])
-    y = np.array([label for _, label in chosen])
+    x, y = pcam_validation(n_patches)
     out, folded = {}, 0
     for name in ("unfolded", "folded"):
         model, card = load_model(BUNDLED)
@@ -174,10 +158,6 @@ def agreement(n_patches: int) -> dict:
         "max_abs_cam_diff_over_cam_scale": float(np.abs(c0 - c1).max() / np.percentile(c0, 99.5)),
         "cam_correlation": float(np.corrcoef(c0.ravel(), c1.ravel())[0, 1]),
     }
-
-
-def median(values: list[float]) -> float:
-    return round(statistics.median(values), 3)
 
 
 def main() -> None:

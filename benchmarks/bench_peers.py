@@ -493,8 +493,10 @@ OURS_ALONE = textwrap.dedent(
     sys.path.insert(0, "benchmarks")
     from bench_scan import model_alone
     from wsi_saliency.model.io import load_model
+    from wsi_saliency.model.fold import fold_batch_norm
     from wsi_saliency.backend import gradcam_jit
     model, card = load_model(sys.argv[1])
+    fold_batch_norm(model)  # as the scan does (scan.fold_batch_norm)
     x = np.random.default_rng(0).integers(0, 256, (%(batch)d, %(patch)d, %(patch)d, 3), np.uint8)
     jit = gradcam_jit("auto")  # as the scan runs it
     print("BENCH_PEERS " + json.dumps({**model_alone(model, card, x, int(sys.argv[2]), jit=jit),

@@ -83,19 +83,26 @@ def speed(model_path: Path, rounds: int, batches: int) -> dict:
     }
 
 
-def agreement(n_patches: int) -> dict:
-    """The bundled model on real PCam validation patches, float32 against bfloat16."""
+def pcam_validation(n_patches: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(patches uint8 [N, 96, 96, 3], labels [N])``: ``n_patches`` real PCam validation
+    patches of ``../shared/data``, drawn with seed 0 (the same ones for every benchmark)."""
     from wsi_saliency.data.folders import list_items, load_patch
-    from wsi_saliency.metrics import roc_auc
-    from wsi_saliency.model.io import load_model, with_dtype_policy
-    from wsi_saliency.scan.pipeline import PatchScorer
 
     _, items = list_items(SHARED_VALID.parent)
     valid = items["valid"]
     rng = np.random.default_rng(0)
     chosen = [valid[i] for i in sorted(rng.permutation(len(valid))[:n_patches])]
     x = np.stack([load_patch(p) for p, _ in chosen])
-    y = np.array([label for _, label in chosen])
+    return x, np.array([label for _, label in chosen])
+
+
+def agreement(n_patches: int) -> dict:
+    """The bundled model on real PCam validation patches, float32 against bfloat16."""
+    from wsi_saliency.metrics import roc_auc
+    from wsi_saliency.model.io import load_model, with_dtype_policy
+    from wsi_saliency.scan.pipeline import PatchScorer
+
+    x, y = pcam_validation(n_patches)
     model, card = load_model(BUNDLED)
     out = {}
     for name, m in (

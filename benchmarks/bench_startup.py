@@ -104,7 +104,10 @@ EXIT = textwrap.dedent(
 )
 
 
-def _report(res: subprocess.CompletedProcess) -> dict:
+def run_script(code: str, *args: str) -> dict:
+    """Run ``code`` with ``args`` in a fresh Python process; the JSON of its ``BENCH`` line."""
+    cmd = [sys.executable, "-c", code, *args]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=ENV)
     if res.returncode != 0:
         raise RuntimeError(res.stderr[-2000:])
     line = next(x for x in res.stdout.splitlines() if x.startswith("BENCH "))
@@ -112,8 +115,7 @@ def _report(res: subprocess.CompletedProcess) -> dict:
 
 
 def first_call(model: Path, jit: str) -> dict:
-    cmd = [sys.executable, "-c", FIRST_CALL, str(model), jit]
-    return _report(subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=ENV))
+    return run_script(FIRST_CALL, str(model), jit)
 
 
 def exit_time(mode: str) -> float:
@@ -151,8 +153,7 @@ def main() -> None:
         for mode in ("normal", "exit_now") if r % 2 == 0 else ("exit_now", "normal"):
             runs[f"exit_{mode}" if mode == "normal" else "exit_now"].append(exit_time(mode))
         print(f"round {r}: exit {runs['exit_normal'][-1]:.2f} / {runs['exit_now'][-1]:.2f}")
-    cmd = [sys.executable, "-c", STEADY, str(model), str(args.rounds), str(args.batches)]
-    steady = _report(subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=ENV))
+    steady = run_script(STEADY, str(model), str(args.rounds), str(args.batches))
 
     calls = runs["jit_off"] + runs["jit_on"]
 
