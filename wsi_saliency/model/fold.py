@@ -4,12 +4,12 @@ In inference a BatchNormalization layer is an affine map per channel,
 ``y = s * (x - mean) + beta`` with ``s = gamma / sqrt(var + eps)``, so after a convolution
 ``x = W * in + b`` it is the convolution ``(s W) * in + (s b + beta - s mean)``. Folding it
 there is what inference engines do (TensorRT, OpenVINO, ``torch.fx``'s ``fuse``; WSInfer's
-``--speedup`` freezes its TorchScript model with ``torch.jit.freeze``, which folds them too): the graph loses one layer
-of element-wise work per convolution, and TensorFlow fuses what is left (convolution, bias,
-ReLU) into one oneDNN call. For ResNet50 on a 2-core CPU the first Grad-CAM call (its trace)
-took 0.89 s instead of 1.50 s, for 0.17 s of folding, and the pass ran 1.11x as many patches
-per second (``benchmarks/bench_fold.py``). Probabilities and maps move in the sixth or seventh
-decimal place (float32 rounding, not a change of model).
+``--speedup`` calls ``torch.jit.freeze`` on its TorchScript model, which folds them too): the
+graph loses one layer of element-wise work per convolution, and TensorFlow fuses what is left
+(convolution, bias, ReLU) into one oneDNN call. For ResNet50 on a 2-core CPU the first
+Grad-CAM call (its trace) took 0.89 s instead of 1.50 s, for 0.17 s of folding, and the pass
+ran 1.11x as many patches per second (``benchmarks/bench_fold.py``). Probabilities and maps
+move in the sixth or seventh decimal place (float32 rounding, not a change of model).
 
 :func:`fold_batch_norm` changes a loaded model in place: convolution kernels (and biases)
 take the scale, and each folded BatchNormalization layer keeps its name, its place in the

@@ -222,8 +222,8 @@ class PatchScorer:
     def batch_for(self, n_patches: int) -> int | None:
         """The batch size a slide of ``n_patches`` is cut into and padded to.
 
-        An uncompiled graph (TensorFlow on a CPU) takes any batch size without a retrace, so the
-        patches are cut into equal batches of at most ``batch_size``: a slide of 81 patches
+        An uncompiled pass (TensorFlow's graph on a CPU, PyTorch) takes any batch size without a
+        retrace, so the patches are cut into equal batches of at most ``batch_size``: a slide of 81 patches
         runs as 2 x 41, not 64 + 17 padded to 64 (47 patches of wasted work). Each slide's
         batches are all one size, so a patch's numbers still do not depend on which batch it
         lands in. A compiled step (XLA, jax.jit) compiles each shape: it keeps ``batch_size``.
