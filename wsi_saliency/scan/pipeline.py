@@ -226,7 +226,8 @@ class PatchScorer:
         retrace, so the patches are cut into equal batches of at most ``batch_size``: a slide
         of 81 patches runs as 2 x 41, not 64 + 17 padded to 64 (47 patches of wasted work).
         Each slide's batches are all one size, so a patch's numbers still do not depend on
-        which batch it lands in. A compiled step (XLA, jax.jit) compiles each shape: it keeps ``batch_size``.
+        which batch it lands in. A compiled step (XLA, jax.jit) compiles each shape: it keeps
+        ``batch_size``.
         """
         b = self.batch_size
         if not b or self.jit or n_patches <= 0:
