@@ -59,16 +59,19 @@ def test_folded_tiny_model_gives_the_same_probabilities_and_gradcam():
     assert fold_batch_norm(model) == 0  # folded ones are not folded again
 
 
-def _small(conv, *, bn_kwargs=None, extra_reader=False, activation=None):
+def _small(conv, *, bn_kwargs=None, extra_reader=False, activation=None, shared=False):
     inp = keras.Input((12, 12, 4))
     if conv == "depthwise":
         y = keras.layers.DepthwiseConv2D(3, depth_multiplier=2, padding="same", name="c")(inp)
     else:
-        y = keras.layers.Conv2D(
+        layer = keras.layers.Conv2D(
             6, 3, padding="same", use_bias=conv == "bias", activation=activation, name="c"
-        )(inp)
+        )
+        y = layer(inp)
     z = keras.layers.BatchNormalization(name="bn", **(bn_kwargs or {}))(y)
     out = keras.layers.Concatenate()([z, y]) if extra_reader else z
+    if shared:  # the same convolution (weights) applied again, its output not normalised
+        out = [out, layer(keras.layers.Identity()(inp))]
     return _with_running_stats(keras.Model(inp, out), seed=3)
 
 
@@ -93,13 +96,19 @@ def test_each_foldable_pair_keeps_the_models_output(conv, bn_kwargs, kind):
 
 @pytest.mark.parametrize(
     "case",
-    ["no_variable_for_the_shift", "conv_output_read_twice", "activation_inside_the_conv"],
+    [
+        "no_variable_for_the_shift",
+        "conv_output_read_twice",
+        "activation_inside_the_conv",
+        "conv_applied_twice",
+    ],
 )
 def test_what_cannot_be_folded_is_left_as_it_is(case):
     model = {
         "no_variable_for_the_shift": lambda: _small("nobias", bn_kwargs={"center": False}),
         "conv_output_read_twice": lambda: _small("bias", extra_reader=True),
         "activation_inside_the_conv": lambda: _small("bias", activation="relu"),
+        "conv_applied_twice": lambda: _small("bias", shared=True),
     }[case]()
     kernel = keras.ops.convert_to_numpy(model.get_layer("c").kernel).copy()
     assert fold_batch_norm(model) == 0

@@ -51,7 +51,8 @@ def folded_count(model) -> int:
 
 def fold_batch_norm(model) -> int:
     """Fold, in place, every BatchNormalization whose input is the output of a Conv2D or a
-    DepthwiseConv2D (channels last, no activation, nothing else reading it); the number folded.
+    DepthwiseConv2D (channels last, no activation, called once, nothing else reading it); the
+    number folded.
     The model must be in inference use from then on (see the module's docstring)."""
     folded = 0
     for bn in _all_layers(model):
@@ -93,7 +94,9 @@ def _foldable_into(bn):
     if type(conv) not in (keras.layers.Conv2D, keras.layers.DepthwiseConv2D):
         return None
     channels_last = conv.data_format == "channels_last"
-    if not channels_last or axis not in (-1, 3) or len(conv._outbound_nodes) != 1:
+    if not channels_last or axis not in (-1, 3):
+        return None
+    if len(conv._inbound_nodes) != 1 or len(conv._outbound_nodes) != 1:  # shared, or read twice
         return None
     if conv.activation not in (None, keras.activations.linear):
         return None
