@@ -343,3 +343,27 @@ def test_visible_gpus_follow_cuda_visible_devices(monkeypatch):
     assert dist.visible_gpus() == ["2", "3"]  # CUDA stops at the first invalid id
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
     assert dist.visible_gpus() == []
+
+
+def test_the_cluster_client_imports_no_framework(slides, tiny_model, tmp_path):
+    """``wsi-saliency scan --cluster``: the client only hands slides out, so its process never
+    imports TensorFlow (2.5 s and several hundred MB; the workers load the model)."""
+    import subprocess
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import atexit, sys
+        atexit.register(lambda: print("TENSORFLOW", "tensorflow" in sys.modules, flush=True))
+        sys.argv = ["wsi-saliency", *sys.argv[1:]]
+        from wsi_saliency.cli import main
+        main()
+        """
+    )
+    args = _scan_args(slides[:1], tiny_model, tmp_path / "o", "--cluster", "local:1")
+    res = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "1 scanned, 0 skipped (complete), 0 failed" in res.stdout
+    assert "TENSORFLOW False" in res.stdout

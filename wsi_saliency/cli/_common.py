@@ -45,7 +45,7 @@ def prepare_backend(*, import_now: bool = True) -> None:
     the default backend, and ``--device`` is applied: ``cpu`` hides the GPUs from every
     backend, ``gpu`` fails with one line when the backend sees none. Keras is then imported
     (quietly: ``import_keras_quietly``), unless ``import_now`` is False (a scan imports it
-    while it lays out its first slide)."""
+    while it lays out its first slide; a cluster scan's client never does)."""
     import os
 
     if not STATE.debug:

@@ -133,7 +133,9 @@ def scan_command(
         from wsi_saliency.outputs.atomic import ensure_writable_dir
 
         ensure_writable_dir(out)
-        prepare_backend(import_now=cluster is not None or scheduler is not None)
+        # Keras is imported where the model is loaded: beside the first slide's layout, or
+        # only on the workers of a cluster (the client just hands slides out)
+        prepare_backend(import_now=False)
         run = dict(
             overwrite=overwrite,
             progress=not quiet,
