@@ -92,20 +92,13 @@ def make_model(folder: Path, backbone: str) -> Path:
     import keras
 
     from wsi_saliency.config import ModelConfig
-    from wsi_saliency.model.build import BACKBONE_SPECS, build_model
+    from wsi_saliency.model.build import build_model
     from wsi_saliency.model.io import ModelCard, save_model, software_versions
 
     keras.utils.set_random_seed(0)
-    spec = BACKBONE_SPECS[backbone]
-    card = ModelCard(
-        backbone=backbone,
-        patch_size=96,
-        patch_mpp=0.972,
-        gradcam_layer=spec.gradcam_layer,
-        preprocess=spec.preprocess,
-        versions=software_versions(),
-    )
-    model = build_model(ModelConfig(backbone=backbone, weights="none"))
+    cfg = ModelConfig(backbone=backbone, weights="none")
+    card = ModelCard.for_config(cfg, versions=software_versions())
+    model = build_model(cfg)
     return save_model(model, card, folder / f"{backbone}.keras")
 
 

@@ -41,10 +41,8 @@ def tiny_model(folder: Path) -> Path:
         "import sys; from wsi_saliency.config import ModelConfig;"
         "from wsi_saliency.model.build import build_model;"
         "from wsi_saliency.model.io import ModelCard, save_model;"
-        "m = build_model(ModelConfig(backbone='tiny', weights='none'));"
-        "card = ModelCard(backbone='tiny', patch_size=96, patch_mpp=0.972,"
-        " gradcam_layer='tiny_stage4_out', preprocess='unit');"
-        "save_model(m, card, sys.argv[1])"
+        "cfg = ModelConfig(backbone='tiny', weights='none');"
+        "save_model(build_model(cfg), ModelCard.for_config(cfg), sys.argv[1])"
     )
     path = folder / "model.keras"
     subprocess.run([sys.executable, "-c", code, str(path)], check=True, env=_env())

@@ -85,23 +85,14 @@ def saved_model(backbone: str, folder: Path):
     import keras
 
     from wsi_saliency.config import ModelConfig
-    from wsi_saliency.model.build import BACKBONE_SPECS, build_model
+    from wsi_saliency.model.build import build_model
     from wsi_saliency.model.io import ModelCard, load_model, save_model, software_versions
 
     keras.backend.clear_session()
     keras.utils.set_random_seed(0)
-    spec = BACKBONE_SPECS[backbone]
-    model = build_model(
-        ModelConfig(backbone=backbone, weights="none", patch_size=PATCH, patch_mpp=PATCH_MPP)
-    )
-    card = ModelCard(
-        backbone=backbone,
-        patch_size=PATCH,
-        patch_mpp=PATCH_MPP,
-        gradcam_layer=spec.gradcam_layer,
-        preprocess=spec.preprocess,
-        versions=software_versions(),
-    )
+    cfg = ModelConfig(backbone=backbone, weights="none", patch_size=PATCH, patch_mpp=PATCH_MPP)
+    model = build_model(cfg)
+    card = ModelCard.for_config(cfg, versions=software_versions())
     path = folder / f"{backbone}.keras"
     t0 = time.perf_counter()
     save_model(model, card, path)

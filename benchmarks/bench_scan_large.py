@@ -48,7 +48,7 @@ def main() -> None:
 
     from wsi_saliency.backend import configure_precision, device_info
     from wsi_saliency.config import ModelConfig, ScanConfig
-    from wsi_saliency.model.build import BACKBONE_SPECS, build_model
+    from wsi_saliency.model.build import build_model
     from wsi_saliency.model.io import ModelCard, load_model, save_model
     from wsi_saliency.scan.pipeline import PatchScorer, scan_slide
     from wsi_saliency.synthetic.slides import (
@@ -86,19 +86,9 @@ def main() -> None:
 
     policy = configure_precision(args.mixed_precision) if args.mixed_precision != "off" else None
     if args.model is None:
-        spec = BACKBONE_SPECS[args.backbone]
-        model = build_model(ModelConfig(backbone=args.backbone, weights="none"))
-        args.model = save_model(
-            model,
-            ModelCard(
-                backbone=args.backbone,
-                patch_size=96,
-                patch_mpp=0.972,
-                gradcam_layer=spec.gradcam_layer,
-                preprocess=spec.preprocess,
-            ),
-            tmp / "model.keras",
-        )
+        model_cfg = ModelConfig(backbone=args.backbone, weights="none")
+        card = ModelCard.for_config(model_cfg)
+        args.model = save_model(build_model(model_cfg), card, tmp / "model.keras")
     model, card = load_model(args.model, dtype_policy=policy)
     cfg = ScanConfig(
         workers=args.workers,

@@ -351,20 +351,12 @@ def resnet50_model(folder: Path):
     import keras
 
     from wsi_saliency.config import ModelConfig
-    from wsi_saliency.model.build import BACKBONE_SPECS, build_model
+    from wsi_saliency.model.build import build_model
     from wsi_saliency.model.io import ModelCard, load_model, save_model
 
     keras.utils.set_random_seed(0)
-    spec = BACKBONE_SPECS["resnet50"]
-    model = build_model(ModelConfig(backbone="resnet50", weights="none"))
-    card = ModelCard(
-        backbone="resnet50",
-        patch_size=96,
-        patch_mpp=0.972,
-        gradcam_layer=spec.gradcam_layer,
-        preprocess=spec.preprocess,
-    )
-    path = save_model(model, card, folder / "resnet50.keras")
+    cfg = ModelConfig(backbone="resnet50", weights="none")
+    path = save_model(build_model(cfg), ModelCard.for_config(cfg), folder / "resnet50.keras")
     model, card = load_model(path)
     return path, model, card
 

@@ -47,26 +47,16 @@ def _run(backend, model_path, patches_path, out_path):
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    from wsi_saliency.model.build import BACKBONE_SPECS, build_model
+    from wsi_saliency.model.build import build_model
     from wsi_saliency.model.io import ModelCard, save_model
 
     folder = tmp_path_factory.mktemp("backends")
-    model = build_model(ModelConfig(backbone="tiny", weights="none"))
+    cfg = ModelConfig(backbone="tiny", weights="none")
+    model = build_model(cfg)
     # Non-trivial head weights so that Grad-CAM maps are not all zero.
     w, b = model.get_layer("logit").get_weights()
     model.get_layer("logit").set_weights([np.linspace(-1, 1, w.size).reshape(w.shape), b])
-    spec = BACKBONE_SPECS["tiny"]
-    path = save_model(
-        model,
-        ModelCard(
-            backbone="tiny",
-            patch_size=96,
-            patch_mpp=0.972,
-            gradcam_layer=spec.gradcam_layer,
-            preprocess=spec.preprocess,
-        ),
-        folder / "model.keras",
-    )
+    path = save_model(model, ModelCard.for_config(cfg), folder / "model.keras")
     patches = np.random.default_rng(0).integers(0, 256, (6, 96, 96, 3), dtype=np.uint8)
     np.save(folder / "x.npy", patches)
     reference = _run("tensorflow", path, folder / "x.npy", folder / "tensorflow.npz")

@@ -479,17 +479,8 @@ def test_review_of_a_real_scan(tmp_path):
     from wsi_saliency.model.io import ModelCard, save_model
     from wsi_saliency.outputs.h5 import read_scan_h5
 
-    model = save_model(
-        build_model(ModelConfig(backbone="tiny", weights="none")),
-        ModelCard(
-            backbone="tiny",
-            patch_size=96,
-            patch_mpp=1.0,
-            gradcam_layer="tiny_stage4_out",
-            preprocess="unit",
-        ),
-        tmp_path / "model.keras",
-    )
+    cfg = ModelConfig(backbone="tiny", weights="none", patch_mpp=1.0)
+    model = save_model(build_model(cfg), ModelCard.for_config(cfg), tmp_path / "model.keras")
     slide = write_slide(tmp_path / "slides" / "real.tif")
     out = tmp_path / "out"
     scan = runner.invoke(app, ["scan", str(slide), "--model", str(model), "--out", str(out), "-q"])
