@@ -29,6 +29,7 @@ this size, not written).
 
     python benchmarks/make_large_slides.py      # once
     python benchmarks/bench_throughput.py [--roi-patches 2000] [--readers threads processes]
+        [--batch-size 64] [--region 1024]           # on a GPU: --batch-size 256 --region 2048
 """
 
 from __future__ import annotations
@@ -225,6 +226,8 @@ def main() -> None:
     ap.add_argument("--readers", nargs="+", default=["threads", "processes"])
     ap.add_argument("--cases", nargs="+", default=["tiny", "resnet50"])
     ap.add_argument("--workers", type=int, default=None, help="reading workers (default: cores)")
+    ap.add_argument("--batch-size", type=int, default=64, help="scan.batch_size (GPU: 256)")
+    ap.add_argument("--region", type=int, default=1024, help="scan.region, px (GPU: 2048)")
     ap.add_argument("--keep", type=Path, help="keep the outputs in this folder")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks/results/throughput.json")
     args = ap.parse_args()
@@ -248,7 +251,9 @@ def main() -> None:
     try:
         if "tiny" in args.cases:
             for reader in args.readers:
-                cfg = ScanConfig(workers=workers, reader=reader)
+                cfg = ScanConfig(
+                    workers=workers, reader=reader, batch_size=args.batch_size, region=args.region
+                )
                 rows.append(run_case("tiny", args.slide, "pcam-ai4all", cfg, out))
         if "resnet50" in args.cases:
             keras.utils.set_random_seed(0)  # the same random weights every run
@@ -263,7 +268,13 @@ def main() -> None:
                 roi, roi_box = roi_mask(args.slide, args.roi_patches)
             for reader in args.readers:
                 # every patch's map computed densely: the worst case, whatever the weights
-                cfg = ScanConfig(workers=workers, reader=reader, gradcam_dense_min=0.0)
+                cfg = ScanConfig(
+                    workers=workers,
+                    reader=reader,
+                    gradcam_dense_min=0.0,
+                    batch_size=args.batch_size,
+                    region=args.region,
+                )
                 rows.append(
                     run_case("resnet50", args.slide, str(path), cfg, out, roi=roi, roi_box=roi_box)
                 )

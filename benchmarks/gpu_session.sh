@@ -11,6 +11,16 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD KERAS_BACKEND=jax
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -m wsi_saliency info | tee -a "$OUT/gpu.txt"
+# 0. Issue 10 first (the device time is short): the largest Camelyon16-like slide, 98,304 x
+#    221,184 px, written there (make_large_slides.py's JPEG tiles need an imagecodecs wheel in
+#    .whl/), scanned whole with ResNet50 (random weights) + Grad-CAM, the dense map on every
+#    patch (the worst case), reading in processes: end to end against model-only, and the
+#    command, in $OUT/throughput_h200.json. Goal: under 10 s, ratio >= 0.7.
+python3 benchmarks/make_large_slides.py --only c16-98kx221k --cache /tmp/slides \
+    --json "$OUT/large_slides_h200.json" 2>&1 | tail -3
+timeout 420 python3 benchmarks/bench_throughput.py --slide /tmp/slides/c16-98kx221k.tif \
+    --cases resnet50 --readers processes --roi-patches 0 --batch-size 256 --region 2048 \
+    --out "$OUT/throughput_h200.json" 2>&1 | grep -E "end_to_end|ratio|model_only_s|wrote"
 mkdir -p /tmp/data && tar -xzf .device_data/ai4all.tgz -C /tmp/data
 # 1. ResNet50 from scratch on real PCam patches (no ImageNet weights can be fetched there).
 #    weights none merges head and fine-tune epochs into one phase: --finetune-epochs 0.
