@@ -41,7 +41,7 @@ from _machine import (  # noqa: E402
     write_json_atomic,
 )
 from bench_peers import WORK, our_model  # noqa: E402
-from bench_precision import BUNDLED, SHARED_VALID, pcam_validation  # noqa: E402
+from bench_precision import BUNDLED, SHARED_VALID, interleaved_rates, pcam_validation  # noqa: E402
 from bench_startup import ENV, median, run_script  # noqa: E402
 
 BATCH = 64
@@ -73,8 +73,8 @@ def first_call(model: Path, fold: str) -> dict:
 
 
 def steady(model_path: Path, rounds: int, batches: int) -> dict:
-    """Grad-CAM patches/s and dense-feature Mpx/s, folded and not, and the 81-patch slide as
-    64 + 17 padded against 2 x 41 (folded model)."""
+    """Grad-CAM patches/s and dense-feature Mpx/s, folded and not (``interleaved_rates``), and
+    the 81-patch slide as 64 + 17 padded against 2 x 41 (folded model, interleaved rounds)."""
     from wsi_saliency.model.fold import fold_batch_norm
     from wsi_saliency.model.io import load_model
     from wsi_saliency.scan.pipeline import PatchScorer
@@ -83,48 +83,30 @@ def steady(model_path: Path, rounds: int, batches: int) -> dict:
     folded, card = load_model(model_path)
     fold_batch_norm(folded)
     models["folded"] = folded
-    x = np.random.default_rng(0).integers(0, 256, (BATCH, 96, 96, 3), np.uint8)
-    tile = np.random.default_rng(1).integers(0, 256, (1024, 1024, 3), np.uint8)
     scorers = {k: PatchScorer(m, card, batch_size=BATCH, jit=False) for k, m in models.items()}
-    dense = {k: s.dense() for k, s in scorers.items()}
+    rates = interleaved_rates(scorers, rounds, batches)
     slide = np.random.default_rng(2).integers(0, 256, (81, 96, 96, 3), np.uint8)
     even = scorers["folded"].batch_for(len(slide))
     cuts = {"padded_64_17": (BATCH, BATCH), "equal_2x41": (even, even)}
-    for k in models:  # first calls (set-up) untimed
-        scorers[k](x)
-        dense[k].features(tile)
-    scorers["folded"](slide[:even], pad_to=even)
-    rates: dict = {k: {"gradcam": [], "dense": []} for k in models}
+    scorers["folded"](slide[:even], pad_to=even)  # the new batch size's first call, untimed
     slide_s: dict = {k: [] for k in cuts}
     for r in range(rounds):
-        for k in list(models)[:: 1 if r % 2 == 0 else -1]:
-            t = time.perf_counter()
-            for _ in range(batches):
-                scorers[k](x)
-            rates[k]["gradcam"].append(batches * BATCH / (time.perf_counter() - t))
-            t = time.perf_counter()
-            for _ in range(2):
-                dense[k].features(tile)
-            rates[k]["dense"].append(2 * tile.size / 3 / 1e6 / (time.perf_counter() - t))
         for name in list(cuts)[:: 1 if r % 2 == 0 else -1]:
             size, pad = cuts[name]
             t = time.perf_counter()
             for i in range(0, len(slide), size):
                 scorers["folded"](slide[i : i + size], pad_to=pad)
             slide_s[name].append(time.perf_counter() - t)
-    best = {k: {p: round(max(v), 2) for p, v in rates[k].items()} for k in models}
+    x = np.random.default_rng(0).integers(0, 256, (BATCH, 96, 96, 3), np.uint8)
     p0, c0 = scorers["unfolded"](x)
     p1, c1 = scorers["folded"](x)
     return {
-        "gradcam_patches_per_s": {k: best[k]["gradcam"] for k in models},
-        "dense_mpx_per_s": {k: best[k]["dense"] for k in models},
-        "gradcam_speedup": round(best["folded"]["gradcam"] / best["unfolded"]["gradcam"], 3),
-        "dense_speedup": round(best["folded"]["dense"] / best["unfolded"]["dense"], 3),
+        **{k: v for k, v in rates.items() if k != "rounds"},
         "max_abs_prob_diff_random_patches": float(np.abs(p0 - p1).max()),
         "max_abs_cam_diff_random_patches": float(np.abs(c0 - c1).max()),
         "slide_81_patches_s": {k: round(min(v), 3) for k, v in slide_s.items()},
         "slide_81_batch_size": even,
-        "rounds": {"rates": rates, "slide_81_patches_s": slide_s},
+        "rounds": {"rates": rates["rounds"], "slide_81_patches_s": slide_s},
     }
 
 

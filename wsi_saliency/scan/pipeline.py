@@ -182,9 +182,9 @@ class PatchScorer:
 
         self.model = model
         self.tta = tta
-        # Batches are padded to one size: a patch's numbers then do not depend on which batch
-        # it lands in (kernels differ by batch size; threads deliver regions in any order),
-        # and a compiled step (XLA, jax.jit) is not compiled again for a slide's last batch.
+        # A slide's batches are padded to one size (batch_for): a patch's numbers then do not
+        # depend on which batch it lands in (kernels differ by batch size; threads deliver
+        # regions in any order), and a compiled step (XLA, jax.jit) compiles one shape.
         self.batch_size = batch_size
         self.layer = layer or card.gradcam_layer
         self.logit_layer = card.logit_layer
@@ -301,7 +301,6 @@ def lay_out_slide(
     Needs no model: without a ``scorer`` the per-patch Grad-CAM arrays are left out of the
     memory check (``scan_slide`` checks them when it takes the layout). A cohort lays out
     the next slide this way while the model works on the current one."""
-    from wsi_saliency.scan.budget import check_scan_memory
     from wsi_saliency.slide import open_slide, plan_resolution, tile_grid
     from wsi_saliency.slide.tissue import tissue_mask
 
@@ -316,14 +315,7 @@ def lay_out_slide(
         if plan.warning:
             notes.append(plan.warning)
         # arrays sized by what the file and the options declare: checked before any is made
-        check_scan_memory(
-            reader.dimensions,
-            plan,
-            patch_t=patch,
-            cfg=cfg,
-            name=path.name,
-            map_cells=None if scorer is None else math.prod(scorer.map_shape),
-        )
+        _check_memory(reader.dimensions, plan, card, cfg, path.name, scorer)
         timings["open_s"] = time.perf_counter() - t_start
 
         t = time.perf_counter()
@@ -528,18 +520,10 @@ def scan_slide(
     if layout is None:
         layout = lay_out_slide(path, card, cfg, scorer, tissue=tissue, roi=roi)
     else:
-        from wsi_saliency.scan.budget import check_scan_memory
-
         if Path(layout.path) != path:
             raise InputError(f"the layout given is of {layout.path}, not of {path}")
-        check_scan_memory(  # the Grad-CAM arrays now that the model says their size
-            layout.l0_size,
-            layout.plan,
-            patch_t=int(card.patch_size),
-            cfg=cfg,
-            name=path.name,
-            map_cells=math.prod(scorer.map_shape),
-        )
+        # the Grad-CAM arrays, now that the model says their size
+        _check_memory(layout.l0_size, layout.plan, card, cfg, path.name, scorer)
         ahead_s = layout.seconds
     grid, timings, notes = layout.grid, layout.timings, layout.notes
 
@@ -603,6 +587,17 @@ def scan_slide(
         dtype_policy=scorer.model.get_layer(scorer.layer).dtype_policy.name,
         batch_norm_folded=folded_count(scorer.model),
         batch_size=scores.batch_size,
+    )
+
+
+def _check_memory(l0_size, plan, card, cfg: ScanConfig, name: str, scorer) -> None:
+    """``check_scan_memory`` for a scan of ``card``'s patches; the per-patch Grad-CAM arrays
+    are counted where the ``scorer`` is known (None: a layout made without the model)."""
+    from wsi_saliency.scan.budget import check_scan_memory
+
+    map_cells = None if scorer is None else math.prod(scorer.map_shape)
+    check_scan_memory(
+        l0_size, plan, patch_t=int(card.patch_size), cfg=cfg, name=name, map_cells=map_cells
     )
 
 

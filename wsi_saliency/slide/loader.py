@@ -134,8 +134,8 @@ def plan_regions(
     block_rc = grid.grid_rc[rows] // k
     n_bc = int(block_rc[:, 1].max()) + 1
     keys = block_rc[:, 0] * n_bc + block_rc[:, 1]
-    order = rows[np.argsort(keys, kind="stable")]
-    cuts = np.flatnonzero(np.diff(np.sort(keys, kind="stable"))) + 1
+    perm = np.argsort(keys, kind="stable")
+    order, cuts = rows[perm], np.flatnonzero(np.diff(keys[perm])) + 1
     return [region for idx in np.split(order, cuts) for region in split(idx)]
 
 
