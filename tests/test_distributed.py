@@ -246,6 +246,54 @@ def test_a_worker_that_does_not_see_out_is_told_so(tmp_path, tiny_model):
     assert dist.check_worker(tmp_path, tiny_model, ".probe") is None
 
 
+def test_workers_check_the_device_asked_for(slides, client, tiny_model, tmp_path):
+    """``--device gpu`` / ``cpu`` on a cluster: each worker checks what its own backend sees
+    (a client on a login node has no GPU), in one line, before any slide is handed out."""
+    from wsi_saliency.backend import device_info
+    from wsi_saliency.config import ScanConfig
+
+    if device_info().has_gpu:
+        pytest.skip("checks the messages of a machine without a GPU")
+    (tmp_path / ".probe").touch()
+    assert dist.check_worker(tmp_path, tiny_model, ".probe", "cpu") is None
+    assert dist.check_worker(tmp_path, tiny_model, ".probe", "auto") is None
+    assert dist.check_worker(tmp_path, tiny_model, ".probe", "gpu").startswith("sees no GPU (")
+    out = tmp_path / "out"
+    with pytest.raises(WsiSaliencyError) as err:
+        dist.scan_cohort_distributed(
+            slides[:1], tiny_model, out, ScanConfig(), client, progress=False, device="gpu"
+        )
+    message = str(err.value)
+    assert message.startswith("Dask worker tcp://127.0.0.1:") and " sees no GPU (" in message
+    assert "--device gpu was asked for" in message and "\n" not in message
+    assert not (out / slides[0].stem).exists()  # nothing was handed out
+
+
+def test_device_gpu_on_a_cluster_is_left_to_the_workers(slides, tiny_model, tmp_path, monkeypatch):
+    """``wsi-saliency --device gpu scan --cluster ...`` on a client without a GPU: the client
+    does not fail (nor import the framework to look); the device goes to the workers' check."""
+    import contextlib
+
+    from wsi_saliency.scan.cohort import CohortRow
+
+    seen: dict = {}
+
+    @contextlib.contextmanager
+    def fake_client(cluster, scheduler, **kw):
+        yield "client"
+
+    def fake_scan(paths, model, out, cfg, client, **kw):
+        seen["device"] = kw["device"]
+        return [CohortRow(str(p), "done") for p in paths]
+
+    monkeypatch.setattr(dist, "cluster_client", fake_client)
+    monkeypatch.setattr(dist, "scan_cohort_distributed", fake_scan)
+    args = _scan_args(slides[:1], tiny_model, tmp_path / "o", "--cluster", "local:2")
+    result = runner.invoke(app, ["--device", "gpu", *args])
+    assert result.exit_code == 0, result.output
+    assert seen["device"] == "gpu"
+
+
 def test_unreachable_scheduler_is_one_line(slides, tiny_model, tmp_path, monkeypatch):
     import socket
 

@@ -40,12 +40,14 @@ def cli_errors() -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
-def prepare_backend(*, import_now: bool = True) -> None:
+def prepare_backend(*, import_now: bool = True, local_device: bool = True) -> None:
     """Call before Keras is imported: TensorFlow stays quiet (unless --debug), TensorFlow is
     the default backend, and ``--device`` is applied: ``cpu`` hides the GPUs from every
-    backend, ``gpu`` fails with one line when the backend sees none. Keras is then imported
-    (quietly: ``import_keras_quietly``), unless ``import_now`` is False (a scan imports it
-    while it lays out its first slide; a cluster scan's client never does)."""
+    backend (and from the workers a local cluster starts), ``gpu`` fails with one line when
+    the backend sees none. Keras is then imported (quietly: ``import_keras_quietly``), unless
+    ``import_now`` is False (a scan imports it while it lays out its first slide; a cluster
+    scan's client never does). ``local_device=False``: the work runs elsewhere (a cluster's
+    workers, which check ``--device`` themselves), so ``gpu`` is not checked here."""
     import os
 
     if not STATE.debug:
@@ -55,11 +57,12 @@ def prepare_backend(*, import_now: bool = True) -> None:
     if STATE.device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
         os.environ["JAX_PLATFORMS"] = "cpu"
-    if import_now or STATE.device == "gpu":
+    check_gpu = STATE.device == "gpu" and local_device
+    if import_now or check_gpu:
         from wsi_saliency.backend import import_keras_quietly
 
         import_keras_quietly()
-    if STATE.device == "gpu":
+    if check_gpu:
         from wsi_saliency.backend import require_gpu
 
         require_gpu()

@@ -134,8 +134,10 @@ def scan_command(
 
         ensure_writable_dir(out)
         # Keras is imported where the model is loaded: beside the first slide's layout, or
-        # only on the workers of a cluster (the client just hands slides out)
-        prepare_backend(import_now=False)
+        # only on the workers of a cluster (the client just hands slides out; the workers
+        # check --device)
+        on_cluster = cluster is not None or scheduler is not None
+        prepare_backend(import_now=False, local_device=not on_cluster)
         run = dict(
             overwrite=overwrite,
             progress=not quiet,
@@ -144,7 +146,7 @@ def scan_command(
             tissue_masks=tissue_masks,
             rois=roi,
         )
-        if cluster is None and scheduler is None:
+        if not on_cluster:
             from wsi_saliency.scan.cohort import scan_cohort
 
             rows = scan_cohort(paths, model, out, cfg, **run)
@@ -152,7 +154,9 @@ def scan_command(
             from wsi_saliency.scan.distributed import cluster_client, scan_cohort_distributed
 
             with cluster_client(cluster, scheduler, log=run["log"]) as client:
-                rows = scan_cohort_distributed(paths, model, out, cfg, client, **run)
+                rows = scan_cohort_distributed(
+                    paths, model, out, cfg, client, device=STATE.device, **run
+                )
         failed = [r for r in rows if r.status == "failed"]
         done = sum(r.status == "done" for r in rows)
         skipped = sum(r.status == "skipped" for r in rows)

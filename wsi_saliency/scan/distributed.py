@@ -326,9 +326,14 @@ def _scan_task(
     return row, messages
 
 
-def check_worker(out: Path, model_path: Path, probe: str) -> str | None:
+def check_worker(out: Path, model_path: Path, probe: str, device: str = "auto") -> str | None:
     """Run on each worker before a cohort: None if it sees OUT (the client's ``probe`` file
-    in it), can write there and can read the model file; else what is wrong, in words."""
+    in it), can write there, can read the model file and, for ``device`` ``gpu`` / ``cpu``
+    (the root ``--device``), its backend sees a GPU / none; else what is wrong, in words.
+
+    The device is checked here, not on the client: the GPUs are the workers' (a client on a
+    login node has none), and ``--device cpu`` cannot hide a remote worker's GPUs once it runs.
+    """
     from wsi_saliency.model.io import read_card
 
     if not (out / probe).is_file():
@@ -348,19 +353,34 @@ def check_worker(out: Path, model_path: Path, probe: str) -> str | None:
         return str(exc)
     except OSError as exc:
         return f"cannot read the model file {model_path} ({exc.strerror})"
+    if device in ("gpu", "cpu"):
+        from wsi_saliency.backend import device_info, import_keras_quietly
+
+        import_keras_quietly()  # as loading the model would, a moment later
+        seen = device_info()
+        if device == "gpu" and not seen.has_gpu:
+            return (
+                f"sees no GPU ({seen.describe()}) and --device gpu was asked for: start the "
+                "workers on GPU nodes with the backend's GPU build, or use --device auto"
+            )
+        if device == "cpu" and seen.has_gpu:
+            return (
+                f"sees a GPU ({seen.describe()}) and --device cpu was asked for: start the "
+                "workers with CUDA_VISIBLE_DEVICES=-1, or use --device auto"
+            )
     return None
 
 
 # ---------------------------------------------------------------- on the client
 
 
-def check_workers(client, out: Path, model_path: Path) -> None:
+def check_workers(client, out: Path, model_path: Path, device: str = "auto") -> None:
     """``WsiSaliencyError`` naming the first worker that cannot see or write OUT or read the
-    model file (see ``check_worker``)."""
+    model file, or lacks the ``device`` asked for (see ``check_worker``)."""
     probe = f".wsi-saliency-probe-{uuid.uuid4().hex[:8]}"
     (out / probe).write_text("")
     try:
-        answers = client.run(check_worker, out, model_path, probe)
+        answers = client.run(check_worker, out, model_path, probe, device)
     finally:
         (out / probe).unlink(missing_ok=True)
     for worker, problem in sorted(answers.items()):
@@ -369,8 +389,9 @@ def check_workers(client, out: Path, model_path: Path) -> None:
 
 
 def _as_clause(problem: str) -> str:
-    """'does not see ...' reads after the worker's name; a library message gets a colon."""
-    return problem if problem.startswith(("does not", "cannot")) else f": {problem}"
+    """'does not see ...', 'sees no GPU ...' read after the worker's name; a library message
+    gets a colon."""
+    return problem if problem.startswith(("does not", "cannot", "sees")) else f": {problem}"
 
 
 def scan_cohort_distributed(
@@ -387,13 +408,15 @@ def scan_cohort_distributed(
     tissue_masks: Path | None = None,
     rois: Path | None = None,
     on_row: Callable[[CohortRow], None] | None = None,
+    device: str = "auto",
 ) -> list[CohortRow]:
     """``scan_cohort`` on the Dask cluster of ``client``: one task per slide; returns one row
     per slide, in the order of ``slides``, and leaves the same files in ``out``.
 
     Paths are made absolute (workers do not share this process's working folder); the model
     path recorded in the outputs is that absolute path. ``on_row`` is called on the client
-    with each row as it arrives (skipped slides first).
+    with each row as it arrives (skipped slides first). ``device`` ``gpu`` / ``cpu``: every
+    worker must see a GPU / none (checked on the workers before any slide is handed out).
     """
     from tqdm import tqdm
 
@@ -426,7 +449,7 @@ def scan_cohort_distributed(
         arrived(i, kept)
     if not todo:
         return [rows[i] for i in range(len(slides))]
-    check_workers(client, out, model_path)
+    check_workers(client, out, model_path, device)
     futures = {
         client.submit(
             _scan_task,
