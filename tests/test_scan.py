@@ -51,6 +51,13 @@ def _scan(args, model, out, *extra):
     return runner.invoke(app, ["scan", *map(str, argv)])
 
 
+def _scan_ok(slide, model, out, *extra) -> dict:
+    """``_scan`` of the one test slide, which must succeed; its ``summary.json``."""
+    result = _scan([slide], model, out, *extra)
+    assert result.exit_code == 0, result.output
+    return json.loads((out / "small" / "summary.json").read_text())
+
+
 def test_scan_writes_every_output_with_frames_and_provenance(slide, tiny_model, tmp_path):
     result = _scan([slide], tiny_model, tmp_path)
     assert result.exit_code == 0, result.output
@@ -197,9 +204,7 @@ def test_undo_dihedral_inverts_every_view():
 
 
 def test_tta_scan_runs_and_is_recorded(slide, tiny_model, tmp_path):
-    result = _scan([slide], tiny_model, tmp_path, "--tta")
-    assert result.exit_code == 0, result.output
-    summary = json.loads((tmp_path / "small" / "summary.json").read_text())
+    summary = _scan_ok(slide, tiny_model, tmp_path, "--tta")
     assert summary["config"]["tta"] is True
 
 
@@ -262,13 +267,12 @@ def test_reading_in_processes_gives_the_same_scan(slide, tiny_model, tmp_path):
     for reader in ("threads", "processes"):
         out = tmp_path / reader
         sets = ("--set", f"scan.reader={reader}", "--set", "scan.gradcam_dense_min=0")
-        result = _scan([slide], tiny_model, out, "--workers", "2", *sets)
-        assert result.exit_code == 0, result.output
+        summary = _scan_ok(slide, tiny_model, out, "--workers", "2", *sets)
         with h5py.File(out / "small" / "scan.h5") as f:
             got[reader] = {k: f[k][()] for k in ("coords", "prob", "gradcam", "heatmap_gradcam")}
             assert f.attrs["gradcam_dense_patches"] == len(got[reader]["prob"])
             assert json.loads(f.attrs["config"])["reader"] == reader
-        assert json.loads((out / "small" / "summary.json").read_text())["reader"] == reader
+        assert summary["reader"] == reader
     for key, value in got["threads"].items():
         np.testing.assert_array_equal(got["processes"][key], value, err_msg=key)
 
@@ -283,9 +287,7 @@ def test_mixed_precision_on_a_bfloat16_cpu_scans_in_bfloat16(slide, tiny_model, 
     got = {}
     for mode in ("off", "on"):
         out = tmp_path / mode
-        result = _scan([slide], tiny_model, out, "--set", f"scan.mixed_precision={mode}")
-        assert result.exit_code == 0, result.output
-        summary = json.loads((out / "small" / "summary.json").read_text())
+        summary = _scan_ok(slide, tiny_model, out, "--set", f"scan.mixed_precision={mode}")
         assert summary["dtype_policy"] == ("mixed_bfloat16" if mode == "on" else "float32")
         with h5py.File(out / "small" / "scan.h5") as f:
             assert f.attrs["dtype_policy"] == summary["dtype_policy"]
@@ -307,9 +309,7 @@ def test_batch_norm_folded_by_default_and_recorded(slide, tiny_model, tmp_path):
     got = {}
     for fold in ("true", "false"):
         out = tmp_path / fold
-        result = _scan([slide], tiny_model, out, "--set", f"scan.fold_batch_norm={fold}")
-        assert result.exit_code == 0, result.output
-        summary = json.loads((out / "small" / "summary.json").read_text())
+        summary = _scan_ok(slide, tiny_model, out, "--set", f"scan.fold_batch_norm={fold}")
         with h5py.File(out / "small" / "scan.h5") as f:
             assert f.attrs["batch_norm_folded"] == summary["batch_norm_folded"]
             assert f.attrs["batch_size"] == summary["batch_size"]
